@@ -1,0 +1,189 @@
+"""Model sizes live here and only here: dataclasses plus a registry of named configs.
+
+`get_config("tiny")` is the CPU model the tests and the default training run use; `paper-7b` is the
+paper's LLaVA-7B-v1-1 + SAM ViT-H. Paper-scale configs load real weights from local paths
+(`mllm.pretrained_path`, `vision.checkpoint`); with those left empty they build the same shapes with
+random weights (for latency benchmarks).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class MLLMConfig:
+    """Multi-Modal LLM (LLaVA: CLIP vision tower + projector + Llama) and its LoRA."""
+
+    pretrained_path: Optional[str] = None  # local HF-format LLaVA directory; None = random init, sizes below
+    # Language model (Llama) sizes, used only for random init.
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    intermediate_size: int = 11008
+    # CLIP vision tower sizes, used only for random init.
+    vision_hidden_size: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    vision_intermediate_size: int = 4096
+    vision_image_size: int = 224
+    vision_patch_size: int = 14
+    max_length: int = 512  # longest prompt + answer, in tokens
+    # LoRA on the language model's attention projections only (not the CLIP tower).
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Tuple[str, ...] = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class VisionBackboneConfig:
+    """SAM image encoder (segment_anything ImageEncoderViT)."""
+
+    checkpoint: Optional[str] = None  # local SAM .pth (segment-anything format); None = random init
+    image_size: int = 1024  # SAM input side after resize-longest-side + pad
+    patch_size: int = 16
+    embed_dim: int = 1280
+    depth: int = 32
+    num_heads: int = 16
+    global_attn_indexes: Tuple[int, ...] = (7, 15, 23, 31)
+    window_size: int = 14
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    """SAM prompt/mask-decoder sizes, shared by the Visible and the Amodal Mask Decoder."""
+
+    prompt_embed_dim: int = 256  # SAM's transformer_dim; e_r and e_oa live in this space
+    transformer_depth: int = 2
+    transformer_mlp_dim: int = 2048
+    transformer_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of eqs. 1-4; the paper sums the terms with weight 1."""
+
+    text: float = 1.0
+    bce: float = 1.0
+    dice: float = 1.0
+    occlusion_rate: float = 1.0
+    spatial: float = 1.0
+
+
+@dataclass(frozen=True)
+class AuraConfig:
+    """Everything that fixes the model's shapes and which paper boxes exist (Table 2 ablation switches)."""
+
+    name: str = "custom"
+    mllm: MLLMConfig = field(default_factory=MLLMConfig)
+    vision: VisionBackboneConfig = field(default_factory=VisionBackboneConfig)
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    use_occlusion_condition_encoder: bool = True  # E_OC (Table 2)
+    use_spatial_occlusion_encoder: bool = True  # E_SO (Table 2)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+_TINY = AuraConfig(
+    name="tiny",
+    mllm=MLLMConfig(
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        vision_hidden_size=64,
+        vision_layers=2,
+        vision_heads=4,
+        vision_intermediate_size=128,
+        vision_image_size=64,
+        vision_patch_size=16,
+        max_length=256,
+        lora_r=8,
+        lora_alpha=16,
+    ),
+    vision=VisionBackboneConfig(
+        image_size=256, embed_dim=160, depth=3, num_heads=4, global_attn_indexes=(2,), window_size=8
+    ),
+    mask_decoder=MaskDecoderConfig(
+        prompt_embed_dim=64, transformer_depth=2, transformer_mlp_dim=256, transformer_heads=4, iou_head_hidden_dim=64
+    ),
+)
+
+_VIT_H = VisionBackboneConfig()
+_VIT_L = VisionBackboneConfig(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23))
+_VIT_B = VisionBackboneConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
+_LLAVA_7B = MLLMConfig()
+_LLAVA_13B = MLLMConfig(hidden_size=5120, num_layers=40, num_heads=40, intermediate_size=13824)
+
+CONFIGS: Dict[str, AuraConfig] = {
+    "tiny": _TINY,
+    "paper-7b": AuraConfig(name="paper-7b", mllm=_LLAVA_7B, vision=_VIT_H),
+    "paper-7b-vit-l": AuraConfig(name="paper-7b-vit-l", mllm=_LLAVA_7B, vision=_VIT_L),
+    "paper-7b-vit-b": AuraConfig(name="paper-7b-vit-b", mllm=_LLAVA_7B, vision=_VIT_B),
+    "13b": AuraConfig(name="13b", mllm=_LLAVA_13B, vision=_VIT_H),
+    "llama2-13b": AuraConfig(name="llama2-13b", mllm=_LLAVA_13B, vision=_VIT_H),
+}
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist or a value of the wrong kind."""
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Instantiate a config dataclass from a mapping, recursing into nested config dataclasses."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: Dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(fields))})")
+        default = getattr(cls(), key) if key in fields else None
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, path)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config key '{path}' expects a list, got {value!r}")
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _merge(base: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_to_dict(config: AuraConfig) -> Dict[str, Any]:
+    """Plain JSON-able dict (tuples become lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def config_from_dict(values: Mapping[str, Any]) -> AuraConfig:
+    """Inverse of `config_to_dict`; an unknown key raises ConfigError naming its dotted path."""
+    return _build(AuraConfig, values, "")
+
+
+def get_config(name: str, overrides: Optional[Mapping[str, Any]] = None) -> AuraConfig:
+    """A registered config, optionally with nested overrides, e.g. {"mllm": {"pretrained_path": "/models/llava"}}."""
+    if name not in CONFIGS:
+        raise ConfigError(f"unknown model config '{name}' (known: {', '.join(sorted(CONFIGS))})")
+    base = config_to_dict(CONFIGS[name])
+    return config_from_dict(_merge(base, dict(overrides or {})))
