@@ -1,0 +1,121 @@
+"""Vision Backbone (Fig. 2): SAM's ViT image encoder, giving the image features F_I the mask decoders read.
+
+It is frozen, as in the paper. Weights come from a local segment-anything `.pth` (vit_b / vit_l / vit_h, or a
+tiny-shaped file in the same format); the file is read with `torch.load(weights_only=True)`, so it is never unpickled.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from functools import partial
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import torch
+from segment_anything.modeling import ImageEncoderViT
+from torch import nn
+
+from aura_core.model.config import VisionBackboneConfig
+
+LOGGER = logging.getLogger(__name__)
+
+SAM_IMAGE_ENCODER_PREFIX = "image_encoder."
+
+
+class SamCheckpointError(ValueError):
+    """A SAM .pth that is missing, unreadable or does not fit the configured shapes."""
+
+
+def read_sam_checkpoint(path: str | Path) -> Dict[str, torch.Tensor]:
+    """Read a segment-anything `.pth` state dict without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamCheckpointError(f"SAM checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:  # corrupt or unsafe file
+        raise SamCheckpointError(f"cannot read SAM checkpoint {path}: {error}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SamCheckpointError(f"SAM checkpoint {path} is not a flat state dict of tensors")
+    return dict(state)
+
+
+def load_prefixed(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, source: str) -> bool:
+    """Load `prefix*` keys of a SAM state dict into `module`; False if the file has none of them.
+
+    Keys present but not matching the module (missing, unexpected or wrong shape) raise SamCheckpointError naming them,
+    so a vit_h file given to a vit_b config fails loudly instead of half-loading.
+    """
+    part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not part:
+        return False
+    own = module.state_dict()
+    missing = sorted(set(own) - set(part))
+    unexpected = sorted(set(part) - set(own))
+    if missing or unexpected:
+        raise SamCheckpointError(
+            f"{source}: '{prefix}*' keys do not match the model (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    for key, value in part.items():
+        if own[key].shape != value.shape:
+            raise SamCheckpointError(
+                f"{source}: '{prefix}{key}' has shape {tuple(value.shape)}, the config expects {tuple(own[key].shape)}"
+            )
+    module.load_state_dict(part)
+    return True
+
+
+class VisionBackbone(nn.Module):
+    """Frozen SAM ImageEncoderViT: (B, 3, S, S) normalised, padded images -> (B, C, S/16, S/16) image embeddings."""
+
+    def __init__(self, *, config: VisionBackboneConfig, out_channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoderViT(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=4.0,
+            out_chans=out_channels,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            global_attn_indexes=tuple(config.global_attn_indexes),
+            window_size=config.window_size,
+        )
+        self.requires_grad_(False)
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the (square) image embedding grid."""
+        return self.config.image_size // self.config.patch_size
+
+    def load_sam_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Load `image_encoder.*` from a SAM state dict; the file must contain them."""
+        if not load_prefixed(self.encoder, state, SAM_IMAGE_ENCODER_PREFIX, source):
+            raise SamCheckpointError(f"{source}: no '{SAM_IMAGE_ENCODER_PREFIX}*' weights in the SAM checkpoint")
+        LOGGER.info("vision backbone: loaded %s*", SAM_IMAGE_ENCODER_PREFIX)
+
+    def train(self, mode: bool = True) -> "VisionBackbone":
+        """Stay in eval mode: the backbone is frozen (no dropout/batch-stat changes during training)."""
+        return super().train(False)
+
+    def forward(self, sam_images: torch.Tensor) -> torch.Tensor:
+        if sam_images.dim() != 4 or sam_images.shape[1] != 3:
+            raise ValueError(f"sam_images must be (B, 3, S, S), got {tuple(sam_images.shape)}")
+        size = self.config.image_size
+        if sam_images.shape[-2:] != (size, size):
+            raise ValueError(f"sam_images must be {size}x{size} (config.vision.image_size), got {tuple(sam_images.shape)}")
+        return self.encoder(sam_images)
+
+
+def build_vision_backbone(
+    config: VisionBackboneConfig, *, out_channels: int, sam_state: Optional[Mapping[str, torch.Tensor]] = None
+) -> VisionBackbone:
+    """A VisionBackbone from its config; `sam_state` (a read SAM .pth) fills its weights when given."""
+    backbone = VisionBackbone(config=config, out_channels=out_channels)
+    if sam_state is not None:
+        backbone.load_sam_weights(sam_state, source=str(config.checkpoint))
+    return backbone

@@ -1,0 +1,76 @@
+"""Helpers for the model tests: tiny SAM-format .pth files and AuraOutputs built from plain tensors."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from aura_core.model.config import AuraConfig
+
+
+def write_tiny_sam_pth(path: Path, config: AuraConfig, *, backbone_only: bool = False, seed: int = 1) -> Path:
+    """A random segment-anything `Sam` with the config's shapes, saved as `torch.save(sam.state_dict())` like SAM's files."""
+    torch.manual_seed(seed)
+    vis, dec = config.vision, config.mask_decoder
+    grid = vis.image_size // vis.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=vis.image_size,
+            patch_size=vis.patch_size,
+            embed_dim=vis.embed_dim,
+            depth=vis.depth,
+            num_heads=vis.num_heads,
+            mlp_ratio=4,
+            out_chans=dec.prompt_embed_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            global_attn_indexes=vis.global_attn_indexes,
+            window_size=vis.window_size,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dec.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(vis.image_size, vis.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=dec.transformer_depth,
+                embedding_dim=dec.prompt_embed_dim,
+                mlp_dim=dec.transformer_mlp_dim,
+                num_heads=dec.transformer_heads,
+            ),
+            transformer_dim=dec.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim,
+        ),
+    )
+    state = sam.state_dict()
+    if backbone_only:
+        state = {k: v for k, v in state.items() if k.startswith("image_encoder.")}
+    torch.save(state, path)
+    return path
+
+
+def masks_to_logits(masks: torch.Tensor, margin: float = 30.0) -> torch.Tensor:
+    """A 'perfect' prediction of bool masks: +margin inside, -margin outside."""
+    return masks.float() * 2 * margin - margin
+
+
+def one_hot_logits(labels: torch.Tensor, classes: int = 3, margin: float = 30.0) -> torch.Tensor:
+    """(K, H, W) int labels -> (K, classes, H, W) logits that put all mass on the label."""
+    return torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float() * 2 * margin - margin
+
+
+def random_masks(k: int, h: int, w: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    amodal = torch.zeros(k, h, w, dtype=torch.bool)
+    for i in range(k):
+        y, x = torch.randint(0, h // 2, (2,), generator=generator).tolist()
+        amodal[i, y : y + h // 2, x : x + w // 2] = True
+    return amodal
