@@ -1,0 +1,163 @@
+"""The paper's metrics: gIoU, cIoU (visible and amodal), occlusion-rate MAE, IoU per occlusion bucket.
+
+gIoU is the mean of per-mask IoUs (a pair with both masks empty counts as 1); cIoU is the sum of
+intersections over the sum of unions (1.0 when every mask is empty). Masks are bool HxW numpy arrays.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+# Occlusion buckets on the ground-truth rate: [low, high).
+BUCKETS: Tuple[Tuple[str, float, float], ...] = (
+    ("<0.1", 0.0, 0.1),
+    ("0.1-0.3", 0.1, 0.3),
+    ("0.3-0.5", 0.3, 0.5),
+    (">=0.5", 0.5, float("inf")),
+)
+
+
+def bucket_of(rate: float) -> str:
+    """Label of the occlusion bucket holding `rate`."""
+    for label, low, high in BUCKETS:
+        if low <= rate < high:
+            return label
+    return BUCKETS[0][0]  # negative rates (should not happen) fall into the lowest bucket
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray, index: int) -> Tuple[int, int]:
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise ValueError(f"pair {index}: prediction shape {pred.shape} and ground-truth shape {gt.shape} must be the same HxW")
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+
+
+def _pair_counts(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> List[Tuple[int, int]]:
+    if len(preds) != len(gts):
+        raise ValueError(f"{len(preds)} predictions but {len(gts)} ground-truth masks")
+    if len(preds) == 0:
+        raise ValueError("no masks to score")
+    return [_counts(p, g, i) for i, (p, g) in enumerate(zip(preds, gts))]
+
+
+def _giou_from(counts: Sequence[Tuple[int, int]]) -> float:
+    return float(np.mean([1.0 if u == 0 else i / u for i, u in counts]))
+
+
+def _ciou_from(counts: Sequence[Tuple[int, int]]) -> float:
+    inter = sum(i for i, _ in counts)
+    union = sum(u for _, u in counts)
+    return 1.0 if union == 0 else inter / union
+
+
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of one pair (1.0 when both are empty)."""
+    i, u = _counts(pred, gt, 0)
+    return 1.0 if u == 0 else i / u
+
+
+def giou(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
+    """Mean per-pair IoU over equal-length lists of bool HxW masks."""
+    return _giou_from(_pair_counts(preds, gts))
+
+
+def ciou(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
+    """Cumulative intersection / cumulative union over equal-length lists of bool HxW masks."""
+    return _ciou_from(_pair_counts(preds, gts))
+
+
+def occlusion_rate_mae(pred_rates: Sequence[float], gt_rates: Sequence[float]) -> float:
+    """Mean absolute error between predicted and ground-truth occlusion rates."""
+    if len(pred_rates) != len(gt_rates):
+        raise ValueError(f"{len(pred_rates)} predicted rates but {len(gt_rates)} ground-truth rates")
+    if len(pred_rates) == 0:
+        raise ValueError("no occlusion rates to score")
+    return float(np.mean(np.abs(np.asarray(pred_rates, float) - np.asarray(gt_rates, float))))
+
+
+def _by_bucket(counts: Sequence[Tuple[int, int]], rates: Sequence[float]) -> Dict[str, Dict[str, Optional[float]]]:
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for label, _, _ in BUCKETS:
+        members = [c for c, r in zip(counts, rates) if bucket_of(float(r)) == label]
+        out[label] = {
+            "count": len(members),
+            "giou": _giou_from(members) if members else None,
+            "ciou": _ciou_from(members) if members else None,
+        }
+    return out
+
+
+def iou_by_occlusion_bucket(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], rates: Sequence[float]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per bucket of ground-truth occlusion rate: {"count", "giou", "ciou"} (None for an empty bucket)."""
+    counts = _pair_counts(preds, gts)
+    if len(rates) != len(counts):
+        raise ValueError(f"{len(rates)} rates for {len(counts)} mask pairs")
+    return _by_bucket(counts, rates)
+
+
+MaskLike = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def _as_list(masks: MaskLike, name: str) -> List[np.ndarray]:
+    if isinstance(masks, np.ndarray):
+        if masks.ndim == 2:
+            return [masks]
+        if masks.ndim == 3:
+            return list(masks)
+        raise ValueError(f"{name}: expected HxW or KxHxW masks, got shape {masks.shape}")
+    return [np.asarray(m) for m in masks]
+
+
+def _as_rates(rates: Union[float, Sequence[float], np.ndarray]) -> List[float]:
+    arr = np.asarray(rates, dtype=float).reshape(-1)
+    return [float(x) for x in arr]
+
+
+class MetricAccumulator:
+    """Collects per-object results (one per [SEG]) and summarises them as the paper reports.
+
+    Only intersection/union counts are kept, so memory does not grow with image size.
+    """
+
+    def __init__(self) -> None:
+        self.visible: List[Tuple[int, int]] = []
+        self.amodal: List[Tuple[int, int]] = []
+        self.baseline: List[Tuple[int, int]] = []  # predicted visible mask scored as the amodal mask
+        self.pred_rates: List[float] = []
+        self.gt_rates: List[float] = []
+
+    def __len__(self) -> int:
+        return len(self.amodal)
+
+    def add(self, pred_visible: MaskLike, gt_visible: MaskLike, pred_amodal: MaskLike, gt_amodal: MaskLike,
+            pred_rate: Union[float, Sequence[float]], gt_rate: Union[float, Sequence[float]]) -> None:
+        """Add one object (HxW masks, float rates) or K objects (KxHxW or lists, K rates)."""
+        pv, gv = _as_list(pred_visible, "pred_visible"), _as_list(gt_visible, "gt_visible")
+        pa, ga = _as_list(pred_amodal, "pred_amodal"), _as_list(gt_amodal, "gt_amodal")
+        pr, gr = _as_rates(pred_rate), _as_rates(gt_rate)
+        lengths = {"pred_visible": len(pv), "gt_visible": len(gv), "pred_amodal": len(pa), "gt_amodal": len(ga), "pred_rate": len(pr), "gt_rate": len(gr)}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"MetricAccumulator.add: inputs disagree in object count: {lengths}")
+        self.visible += _pair_counts(pv, gv) if pv else []
+        self.amodal += _pair_counts(pa, ga) if pa else []
+        self.baseline += _pair_counts(pv, ga) if pv else []
+        self.pred_rates += pr
+        self.gt_rates += gr
+
+    def summary(self) -> Dict[str, object]:
+        """amodal/visible gIoU and cIoU, rate MAE, amodal IoU per bucket, and the amodal=visible baseline."""
+        if not self.amodal:
+            return {"count": 0}
+        return {
+            "count": len(self.amodal),
+            "amodal_giou": _giou_from(self.amodal),
+            "amodal_ciou": _ciou_from(self.amodal),
+            "visible_giou": _giou_from(self.visible),
+            "visible_ciou": _ciou_from(self.visible),
+            "occlusion_rate_mae": occlusion_rate_mae(self.pred_rates, self.gt_rates),
+            "amodal_by_bucket": _by_bucket(self.amodal, self.gt_rates),
+            "baseline_visible_as_amodal_giou": _giou_from(self.baseline),
+            "baseline_visible_as_amodal_ciou": _ciou_from(self.baseline),
+        }
