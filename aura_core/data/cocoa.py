@@ -65,17 +65,19 @@ def _objects_cocoa_cls(data: Dict[str, Any], source: str) -> Tuple[List[Dict[str
 
 
 def _objects_cocoa(data: Dict[str, Any], source: str) -> Tuple[List[Dict[str, Any]], Dict[int, List[Dict[str, Any]]]]:
-    names = sorted({str(r["name"]) for a in data["annotations"] for r in a.get("regions", []) if "name" in r})
-    cat_ids = {n: i + 1 for i, n in enumerate(names)}
-    by_image: Dict[int, List[Dict[str, Any]]] = {}
+    first: Dict[int, Tuple[int, Dict[str, Any]]] = {}  # image id -> (index, entry) of its first annotator
     skipped = 0
     for i, ann in enumerate(data["annotations"]):
         if "image_id" not in ann or "regions" not in ann:
             raise DatasetError(f"{source}: annotations[{i}] misses 'image_id' or 'regions'")
-        image_id = int(ann["image_id"])
-        if image_id in by_image:  # another annotator of the same image: keep the first
+        if int(ann["image_id"]) in first:  # another annotator of the same image: keep the first
             skipped += 1
-            continue
+        else:
+            first[int(ann["image_id"])] = (i, ann)
+    names = sorted({str(r["name"]) for _, a in first.values() for r in a["regions"] if "name" in r})
+    cat_ids = {n: i + 1 for i, n in enumerate(names)}
+    by_image: Dict[int, List[Dict[str, Any]]] = {}
+    for image_id, (i, ann) in first.items():
         entry_id = int(ann.get("id", i + 1))
         objs = []
         for k, region in enumerate(ann["regions"]):

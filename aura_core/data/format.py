@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -52,6 +53,12 @@ def encode_mask(mask: np.ndarray) -> Dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def _decode_rle(rle: Any) -> np.ndarray:
+    with warnings.catch_warnings():  # pycocotools' __array__ predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle)
+
+
 def decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.ndarray:
     """COCO segmentation (compressed RLE, uncompressed RLE or polygon list) -> bool HxW mask.
 
@@ -72,7 +79,7 @@ def decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.nda
         else:
             raise DatasetError(f"{where}: RLE 'counts' must be a string or a list, got {type(counts).__name__}")
         try:
-            decoded = mask_utils.decode(rle)
+            decoded = _decode_rle(rle)
         except (ValueError, TypeError) as err:
             raise DatasetError(f"{where}: RLE cannot be decoded ({err})") from err
         if int(decoded.sum()) > 0 and int(mask_utils.area(rle)) != int(decoded.sum()):
@@ -83,7 +90,7 @@ def decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.nda
         if not polygons or len(polygons) != len(seg) or any(len(p) < 6 or len(p) % 2 for p in polygons):
             raise DatasetError(f"{where}: polygon segmentation must be a list of [x1, y1, x2, y2, ...] with >= 3 points")
         rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        return _decode_rle(mask_utils.merge(rles)).astype(bool)
     raise DatasetError(f"{where}: segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}")
 
 
