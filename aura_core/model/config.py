@@ -29,12 +29,21 @@ class MLLMConfig:
     vision_intermediate_size: int = 4096
     vision_image_size: int = 224
     vision_patch_size: int = 14
-    max_length: int = 512  # longest prompt + answer, in tokens
-    # LoRA on the language model's attention projections only (not the CLIP tower).
+    max_length: int = 768  # longest conversation in tokens, the image's feature tokens (256 at 224/14) included
+    # LLaVA-v1 system line before the first "USER:"; empty for the tiny word-level model.
+    system_prompt: str = (
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    )
+    dtype: str = "bfloat16"  # torch dtype of the LLaVA weights ("float32" on CPU)
+    # LoRA on the language model's attention projections only (not the CLIP tower); lora_r = 0: no LoRA.
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: Tuple[str, ...] = ("q_proj", "v_proj")
+    # Fully trained LM modules (as LISA: the rows of the new [SEG] token live in them).
+    modules_to_save: Tuple[str, ...] = ("lm_head", "embed_tokens")
+    train_projector: bool = False  # LISA freezes LLaVA's vision-to-text projector with the CLIP tower
 
 
 @dataclass(frozen=True)
@@ -100,8 +109,12 @@ _TINY = AuraConfig(
         vision_image_size=64,
         vision_patch_size=16,
         max_length=256,
-        lora_r=8,
-        lora_alpha=16,
+        system_prompt="",
+        dtype="float32",
+        lora_r=32,  # generous: the random-init LLM has to learn its text through LoRA + embeddings
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
     ),
     vision=VisionBackboneConfig(
         image_size=256, embed_dim=160, depth=3, num_heads=4, global_attn_indexes=(2,), window_size=8

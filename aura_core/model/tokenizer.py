@@ -1,0 +1,186 @@
+"""The Multi-Modal LLM's tokenizer and its LLaVA-v1 prompt template.
+
+Two tokenizers can sit behind the MLLM: the one shipped in a local HF-format LLaVA directory (paper
+scale), or, for the tiny random-init model, a word-level tokenizer built from the synthetic QA
+corpus. Both gain `[SEG]` (one id each, asserted) and `<image>`. The template turns (question,
+answer) rounds into token ids and answer-only labels:
+
+    {system} USER: <image>\n{question} ASSISTANT: {answer}</s>USER: {question 2} ASSISTANT: ...
+
+`<image>` is expanded to one id per image feature, as transformers' LLaVA expects.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from aura_core.data.format import SEG_TOKEN
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+IGNORE_INDEX = -100  # label of every token that is not part of the answer being trained
+BOS, EOS, UNK, PAD = "<s>", "</s>", "[UNK]", "[PAD]"
+
+Round = Tuple[str, str]  # (question, answer) of one earlier round of a conversation
+
+# Everything the template itself writes, so the word-level vocabulary always covers it.
+_TEMPLATE_TEXT = "USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant."
+_CORPUS_SCENES = 100  # the synthetic vocabulary saturates after ~50 scenes
+_CORPUS_SEED = 1234
+
+
+def build_word_tokenizer(corpus: Iterable[str], *, with_aura_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A lower-case word-level tokenizer (whitespace + punctuation split, [UNK]) trained on `corpus`.
+
+    Decoding joins words with spaces and glues punctuation back ("the knife [SEG], the cup [SEG].").
+    `with_aura_tokens` False leaves out [SEG]/<image> (to mimic a plain LLM tokenizer in tests).
+    """
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    # WordPiece decoding with a prefix no word can carry: plain space-joining plus punctuation clean-up.
+    tok.decoder = decoders.Sequence(
+        [decoders.WordPiece(prefix="##", cleanup=True), decoders.Replace(" ;", ";"), decoders.Replace(" :", ":")]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, BOS, EOS], min_frequency=1)
+    tok.train_from_iterator(list(corpus) + [_TEMPLATE_TEXT], trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD, padding_side="right"
+    )
+    if with_aura_tokens:
+        add_aura_tokens(wrapped)
+    return wrapped
+
+
+def synthetic_corpus(scenes: int = _CORPUS_SCENES, seed: int = _CORPUS_SEED) -> List[str]:
+    """Questions and answers of `scenes` small synthetic scenes: the default tiny-tokenizer corpus."""
+    from aura_core.data.synthetic import generate_scene  # late: only the tiny model needs the generator
+
+    rng = np.random.default_rng(seed)
+    texts: List[str] = []
+    for _ in range(scenes):
+        for qa in generate_scene(rng, 64).qa:
+            texts += [qa.question, qa.answer]
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _default_word_tokenizer_json() -> str:
+    return build_word_tokenizer(synthetic_corpus()).backend_tokenizer.to_str()
+
+
+def default_word_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny model's tokenizer (built once per process from the synthetic corpus, then copied)."""
+    tok = Tokenizer.from_str(_default_word_tokenizer_json())
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD, padding_side="right"
+    )
+    add_aura_tokens(wrapped)
+    return wrapped
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a local directory (never a hub id), with [SEG] and <image> ensured."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    add_aura_tokens(tokenizer)
+    return tokenizer
+
+
+def add_aura_tokens(tokenizer: PreTrainedTokenizerBase) -> Tuple[int, int]:
+    """Add `[SEG]` and `<image>` as special tokens when missing, a pad token too; return their ids.
+
+    Each must encode to exactly one id: the mask decoders read one hidden state per `[SEG]`.
+    """
+    missing = [t for t in (SEG_TOKEN, IMAGE_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    ids = []
+    for token in (SEG_TOKEN, IMAGE_TOKEN):
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(f"tokenizer splits {token} into {len(encoded)} ids {encoded}; it must be one token")
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """LLaVA-v1 conversation format; builds ids and answer-only labels for one sample."""
+
+    tokenizer: PreTrainedTokenizerBase
+    image_seq_length: int  # number of image features = number of <image> ids after expansion
+    system_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        seg_id, image_id = add_aura_tokens(self.tokenizer)
+        object.__setattr__(self, "seg_token_id", seg_id)
+        object.__setattr__(self, "image_token_id", image_id)
+
+    def _ids(self, text: str) -> List[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def build(self, question: str, answer: Optional[str] = None, history: Sequence[Round] = ()) -> Tuple[List[int], List[int]]:
+        """(input_ids, labels) of a conversation: earlier rounds, then `question` and its `answer`.
+
+        Only the last answer (and its </s>) is labelled; earlier rounds are context. Without an
+        answer the ids end with "ASSISTANT:", ready for generation, and labels are all ignored.
+        """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty")
+        rounds = list(history) + [(question, answer)]
+        ids: List[int] = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        labels: List[int] = [IGNORE_INDEX] * len(ids)
+        for k, (q, a) in enumerate(rounds):
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"history round {k}: question is empty")
+            head = f"{self.system_prompt} USER: " if k == 0 and self.system_prompt else "USER: "
+            prompt = self._ids(head)
+            if k == 0:
+                prompt += [self.image_token_id] * self.image_seq_length + self._ids("\n")
+            prompt += self._ids(f"{q} ASSISTANT:")
+            ids += prompt
+            labels += [IGNORE_INDEX] * len(prompt)
+            if a is None:
+                if k != len(rounds) - 1:
+                    raise ValueError(f"history round {k}: answer is missing")
+                break
+            reply = self._ids(a) + [self.tokenizer.eos_token_id]
+            ids += reply
+            labels += reply if k == len(rounds) - 1 else [IGNORE_INDEX] * len(reply)
+        return ids, labels
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Readable answer text with [SEG] kept and </s>/padding dropped."""
+        drop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.tokenizer.bos_token_id}
+        text = self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+        return " ".join(text.split())
+
+
+_ARTICLES = ("the", "a", "an", "this", "that", "these", "those", "my", "your", "its", "their", "his", "her")
+_BOUNDARY = re.compile(r"[.,;:!?]")
+
+
+def seg_phrases(answer: str) -> List[str]:
+    """The words naming the object before each [SEG]: since the previous [SEG] or punctuation,
+    starting at the last article when there is one ("you can use the knife [SEG]" -> "the knife")."""
+    chunks = answer.split(SEG_TOKEN)[:-1]
+    phrases = []
+    for chunk in chunks:
+        words = _BOUNDARY.split(chunk)[-1].split()
+        starts = [i for i, w in enumerate(words) if w.lower() in _ARTICLES]
+        phrases.append(" ".join(words[starts[-1]:] if starts else words))
+    return phrases
