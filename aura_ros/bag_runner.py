@@ -28,7 +28,7 @@ from aura_ros.core import (
     VISIBLE_LABELS,
     AuraResponder,
 )
-from aura_ros.params import AuraParameters
+from aura_ros.params import AuraParameters, ParameterError
 
 LOG = logging.getLogger(__name__)
 
@@ -54,18 +54,34 @@ class BagSummary:
 
 
 def load_pipeline(params: AuraParameters) -> Any:
-    """The AURA pipeline the parameters ask for: a named random-init config, a checkpoint, or the embedded default."""
-    from aura_core.pipeline import AuraPipeline
+    """The AURA pipeline the parameters ask for: a named random-init config, a checkpoint, or the embedded default.
 
+    With engine_dir the SAM stages come from the backend's engines there instead of the checkpoint directory.
+    """
+    from aura_core import pipeline as aura_pipeline
+
+    options = dict(device=params.device, mask_threshold=params.mask_threshold, max_new_tokens=params.max_new_tokens)
     if params.model_config:
-        return AuraPipeline.from_config(params.model_config, seed=params.seed)
-    return AuraPipeline.from_pretrained(
-        params.checkpoint or None,
-        device=params.device,
-        backend=params.backend,
-        mask_threshold=params.mask_threshold,
-        max_new_tokens=params.max_new_tokens,
-    )
+        return aura_pipeline.AuraPipeline.from_config(params.model_config, seed=params.seed, **options)
+    if not params.engine_dir:
+        return aura_pipeline.AuraPipeline.from_pretrained(params.checkpoint or None, backend=params.backend, **options)
+    from aura_core.model.checkpoint import load_checkpoint
+
+    if params.backend not in aura_pipeline.BACKENDS:
+        raise ParameterError("backend", f"{params.backend!r} has no registered implementation "
+                                        f"(known: {sorted(aura_pipeline.BACKENDS)})")
+    model = load_checkpoint(params.checkpoint or aura_pipeline.DEFAULT_MODEL_DIR, device=params.device)
+    backend = aura_pipeline.BACKENDS[params.backend](model, Path(params.engine_dir), params.device)
+    return aura_pipeline.AuraPipeline(model=model, backend=backend, mask_threshold=params.mask_threshold,
+                                      max_new_tokens=params.max_new_tokens)
+
+
+def check_paths(input_bag: Path, output_bag: Path) -> None:
+    """Fails early, naming the option, when the input is missing or the output exists (before loading a model)."""
+    if not Path(input_bag).exists():
+        raise FileNotFoundError(f"--input: bag {input_bag} does not exist")
+    if Path(output_bag).exists():
+        raise FileExistsError(f"--output: {output_bag} exists already; rosbag2 writers never overwrite")
 
 
 def _topic(namespace: str, name: str) -> str:
@@ -92,10 +108,7 @@ def run_bag(
     from rosbags.serde import SerdeError
 
     input_bag, output_bag = Path(input_bag), Path(output_bag)
-    if not input_bag.exists():
-        raise FileNotFoundError(f"--input: bag {input_bag} does not exist")
-    if output_bag.exists():
-        raise FileExistsError(f"--output: {output_bag} exists already; rosbag2 writers never overwrite")
+    check_paths(input_bag, output_bag)
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise ValueError(f"--storage: {storage!r} is not one of {sorted(plugins)}")
@@ -204,6 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         params = AuraParameters.from_yaml(args.params, overrides)
     else:
         params = AuraParameters.from_mapping(overrides, source="command line")
+    check_paths(args.input, args.output)
     summary = run_bag(
         input_bag=args.input,
         output_bag=args.output,

@@ -36,7 +36,7 @@ class AuraParameters:
     model_config: str = _described("", "named random-init config (e.g. 'tiny') instead of a checkpoint; for tests/benchmarks")
     seed: int = _described(0, "random-init seed used with model_config")
     backend: str = _described("torch", "inference backend: torch, onnxruntime or tensorrt")
-    engine_dir: str = _described("", "directory of exported ONNX/TensorRT engines (onnxruntime/tensorrt backends)")
+    engine_dir: str = _described("", "directory of exported ONNX/TensorRT engines; empty = the backend looks in the checkpoint directory")
     device: str = _described("cpu", "torch device: cpu, cuda or cuda:N")
     max_new_tokens: int = _described(64, "longest generated answer, in tokens")
     mask_threshold: float = _described(0.0, "mask logit above which a pixel belongs to a mask")
@@ -65,8 +65,6 @@ class AuraParameters:
     def _check(self) -> None:
         if self.backend not in BACKENDS:
             raise ParameterError("backend", f"{self.backend!r} is not one of {BACKENDS}")
-        if self.backend != "torch" and not self.engine_dir:
-            raise ParameterError("engine_dir", f"backend {self.backend} needs the directory of its exported engines")
         if self.engine_dir and not Path(self.engine_dir).is_dir():
             raise ParameterError("engine_dir", f"{self.engine_dir} is not a directory")
         if self.checkpoint and not Path(self.checkpoint).is_dir():

@@ -15,6 +15,7 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 
 SAMPLE_WIDTH = 2  # bytes per S16LE sample
+MODEL_RATE = 16000  # Hz of the English acoustic model pocketsphinx ships; other rates are resampled to it
 
 
 class SpeechError(ValueError):
@@ -36,20 +37,23 @@ class SpeechTranscriber:
         import pocketsphinx
 
         self.channels = channels
+        self.sample_rate = sample_rate
         self.max_utterance = max_utterance
-        options = {"samprate": sample_rate, "dither": True, "loglevel": "FATAL"}
+        options = {"samprate": MODEL_RATE, "dither": True, "loglevel": "FATAL"}
         if grammar:
             if not Path(grammar).is_file():
                 raise FileNotFoundError(f"speech_grammar: JSGF file {grammar} does not exist")
             options["jsgf"] = str(grammar)
         try:
             self._decoder = pocketsphinx.Decoder(**options)
-            self._endpointer = pocketsphinx.Endpointer(window=silence_window, sample_rate=sample_rate)
+            self._endpointer = pocketsphinx.Endpointer(window=silence_window, sample_rate=MODEL_RATE)
         except (ValueError, RuntimeError) as error:
             raise ValueError(f"speech settings rejected by pocketsphinx (rate {sample_rate}, grammar {grammar!r}): {error}") from error
         self._pending = b""  # mono S16LE bytes not yet a whole endpointer frame
         self._utterance_bytes = 0
         self._decoding = False  # between start_utt and end_utt
+        self._tail = np.zeros(0, np.float32)  # last input sample of the previous chunk (resampling continuity)
+        self._phase = 0.0  # position of the next output sample, in input samples from the tail
 
     @property
     def in_utterance(self) -> bool:
@@ -60,10 +64,10 @@ class SpeechTranscriber:
         frame_size = SAMPLE_WIDTH * self.channels
         if len(data) % frame_size:
             raise SpeechError(f"audio chunk of {len(data)} bytes is not a whole number of {self.channels}-channel S16LE samples")
-        samples = np.frombuffer(data, dtype="<i2")
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
         if self.channels > 1:
-            samples = samples.reshape(-1, self.channels).mean(axis=1).astype("<i2")
-        self._pending += samples.tobytes()
+            samples = samples.reshape(-1, self.channels).mean(axis=1)
+        self._pending += np.round(self._resample(samples)).astype("<i2").tobytes()
         transcripts: List[str] = []
         step = self._endpointer.frame_bytes
         limit = int(self.max_utterance * self._endpointer.sample_rate) * SAMPLE_WIDTH
@@ -81,6 +85,20 @@ class SpeechTranscriber:
                 transcripts.extend(self._finish())
         self._pending = self._pending[offset:]
         return transcripts
+
+    def _resample(self, samples: np.ndarray) -> np.ndarray:
+        """Linear interpolation to MODEL_RATE, continuous across chunks."""
+        if self.sample_rate == MODEL_RATE:
+            return samples
+        signal = np.concatenate([self._tail, samples])
+        if signal.size < 2:
+            self._tail = signal
+            return np.zeros(0, np.float32)
+        step = self.sample_rate / MODEL_RATE
+        positions = np.arange(self._phase, signal.size - 1, step)
+        self._phase = (positions[-1] + step if positions.size else self._phase) - (signal.size - 1)
+        self._tail = signal[-1:]
+        return np.interp(positions, np.arange(signal.size), signal).astype(np.float32)
 
     def flush(self) -> List[str]:
         """Ends the stream (e.g. at the end of a bag): transcribes an utterance still in progress."""

@@ -157,9 +157,9 @@ def test_bad_parameter_is_named_with_the_reason(name, value, why):
         AuraParameters(**{name: value})
 
 
-def test_onnx_backend_needs_its_engine_dir(tmp_path):
-    with pytest.raises(ParameterError, match="engine_dir"):
-        AuraParameters(backend="onnxruntime")
+def test_engine_dir_must_exist(tmp_path):
+    with pytest.raises(ParameterError, match="'engine_dir'"):
+        AuraParameters(backend="onnxruntime", engine_dir=str(tmp_path / "missing"))
     assert AuraParameters(backend="onnxruntime", engine_dir=str(tmp_path)).backend == "onnxruntime"
 
 

@@ -1,0 +1,127 @@
+"""The ROS package files, checked with the real tools available without ROS: catkin_pkg, Debian's rosidl, rosbags."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aura_ros import conversions, interfaces
+from tests.ros_fixtures import ScenePipeline, rosbags_factory, scenes
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERFACE_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "msg").glob("*.msg")) + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "srv").glob("*.srv"))
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# Runs under Debian's Python (where python3-rosidl lives): parses each .idl and prints members and their comments.
+PARSE_IDL = r"""
+import json, sys, pathlib
+from rosidl_parser.parser import parse_idl_file
+from rosidl_parser.definition import IdlLocator, Message, Service
+root = pathlib.Path(sys.argv[1])
+out = {}
+for path in sorted(root.rglob('*.idl')):
+    content = parse_idl_file(IdlLocator(root, path.relative_to(root))).content
+    structs = [m.structure for m in content.get_elements_of_type(Message)]
+    for srv in content.get_elements_of_type(Service):
+        structs += [srv.request_message.structure, srv.response_message.structure]
+    for s in structs:
+        out['/'.join(s.namespaced_type.namespaced_name())] = {
+            m.name: {'type': str(getattr(m.type, 'name', m.type.__class__.__name__)),
+                     'comments': m.get_annotation_values('verbatim')} for m in s.members}
+print(json.dumps(out))
+"""
+
+
+def test_package_xml_parses_with_catkin_pkg():
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(ROOT / "package.xml"))
+    assert package.name == "aura_ros" and package.package_format == 3
+    assert package.get_build_type() == "ament_cmake"
+    assert "rosidl_interface_packages" in [g.name for g in package.member_of_groups]
+    tools = {d.name for d in package.buildtool_depends}
+    assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= tools
+    run = {d.name for d in package.exec_depends}
+    assert {"rclpy", "rosidl_default_runtime", "launch_ros", "audio_common_msgs"} <= run
+    package.validate()
+
+
+def test_cmake_generates_every_interface_and_finds_what_package_xml_declares():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for path in INTERFACE_FILES:
+        assert f'"{path}"' in cmake, f"{path} is not in rosidl_generate_interfaces"
+    assert "ament_python_install_package(aura_core)" in cmake
+    assert "ament_python_install_package(${PROJECT_NAME})" not in cmake  # rosidl_python#141
+    from catkin_pkg.package import parse_package
+
+    declared = {d.name for d in parse_package(str(ROOT / "package.xml")).build_depends}
+    for found in re.findall(r"find_package\((\w+) REQUIRED\)", cmake):
+        assert found in declared | {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"}, found
+    launch = (ROOT / "launch" / "aura.launch.py").read_text()
+    executable = re.search(r'executable="(\w+)"', launch).group(1)
+    assert f'"{executable}:aura_ros.node"' in cmake
+
+
+@pytest.fixture(scope="module")
+def parsed_idl(tmp_path_factory):
+    if not shutil.which("rosidl") or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("Debian's rosidl-tools / python3-rosidl are not installed")
+    out = tmp_path_factory.mktemp("idl")
+    args = [f"{ROOT}:{path}" for path in INTERFACE_FILES]
+    subprocess.run(["rosidl", "translate", "--to", "idl", "-o", str(out), "aura_ros", *args], check=True, capture_output=True)
+    parsed = subprocess.run([SYSTEM_PYTHON, "-c", PARSE_IDL, str(out)], check=True, capture_output=True, text=True)
+    return json.loads(parsed.stdout)
+
+
+def test_rosidl_translates_and_parses_every_interface_and_every_field_is_documented(parsed_idl):
+    assert {"aura_ros/msg/AmodalInstance", "aura_ros/msg/AmodalSegmentation", "aura_ros/srv/Ask_Request",
+            "aura_ros/srv/Ask_Response"} <= set(parsed_idl)
+    instance = parsed_idl["aura_ros/msg/AmodalInstance"]
+    assert instance["amodal_box"]["type"] == "RegionOfInterest" and instance["visible_mask"]["type"] == "Image"
+    assert parsed_idl["aura_ros/srv/Ask_Response"]["result"]["type"] == "AmodalSegmentation"
+    for type_name, members in parsed_idl.items():
+        for member, info in members.items():
+            if member == "structure_needs_at_least_one_member":
+                continue
+            assert info["comments"], f"{type_name}.{member} has no comment"
+
+
+def test_rosbags_registers_the_messages_and_round_trips_a_segmentation():
+    typestore = interfaces.make_typestore("jazzy")
+    assert interfaces.AUDIO_DATA_TYPE in typestore.types
+    factory = interfaces.RosbagsFactory(typestore)
+    scene = scenes(1, seed=5)[0]
+    result = ScenePipeline([scene], objects=2).ask(scene.image, "q")
+    header = conversions.make_header(factory, 5_000_000_123, "cam")
+    msg = conversions.segmentation_msg(factory, header=header, question="q", status=0, result=result, latency=0.25)
+    raw = factory.serialize(msg, interfaces.SEGMENTATION_TYPE)
+    back = typestore.deserialize_cdr(raw, interfaces.SEGMENTATION_TYPE)
+    assert back.header.stamp.nanosec == 123 and back.answer == msg.answer and len(back.instances) == 2
+    np.testing.assert_array_equal(back.instances[1].amodal_mask.data, msg.instances[1].amodal_mask.data)
+    assert back.latency == pytest.approx(0.25)
+
+
+def test_python_package_data_finds_the_msg_files():
+    directory = interfaces.msg_dir()
+    assert {p.name for p in directory.glob("*.msg")} >= {"AmodalInstance.msg", "AmodalSegmentation.msg"}
+
+
+def test_launch_file_compiles_and_builds_its_description():
+    source = (ROOT / "launch" / "aura.launch.py").read_text()
+    compile(source, "aura.launch.py", "exec")
+    for argument in ("config", "checkpoint", "backend", "camera_topic", "namespace"):
+        assert f'"{argument}"' in source
+    pytest.importorskip("launch_ros", reason="ROS 2 launch_ros is not installed: only the syntax was checked")
+    namespace: dict = {}
+    exec(compile(source, "aura.launch.py", "exec"), namespace)
+    description = namespace["generate_launch_description"]()
+    names = {a.name for a in description.get_launch_arguments()}
+    assert names == {"config", "checkpoint", "backend", "camera_topic", "namespace"}
+
+
+def test_rosbags_typestore_fixture_is_shared():
+    assert rosbags_factory().make("std_msgs/msg/String", data="x").data == "x"
