@@ -111,6 +111,11 @@ def test_lora_targets_only_language_model_attention():
     assert re.fullmatch(pattern, "model.language_model.layers.0.self_attn.q_proj")
     assert not re.fullmatch(pattern, "model.vision_tower.encoder.layers.0.self_attn.q_proj")
     assert not re.fullmatch(pattern, "model.language_model.layers.0.self_attn.k_proj")
+    # lora_r = 0 (Table 3 "w/o LoRA"): only lm_head + embed_tokens train
+    no_lora = _tiny(lora_r=0)
+    trainable = {n.split(".")[-2] for n, p in no_lora.named_parameters() if p.requires_grad}
+    assert trainable == {"lm_head", "embed_tokens"}
+    assert not any(hasattr(m, "lora_A") for m in no_lora.modules())
 
 
 def test_gradients_reach_exactly_lora_and_token_rows_and_step_is_fast():

@@ -180,7 +180,8 @@ class MultiModalLLM(nn.Module):
         else:
             tokenizer = tokenizer if tokenizer is not None else default_word_tokenizer()
             _, image_token_id = add_aura_tokens(tokenizer)
-            llava = LlavaForConditionalGeneration(_llava_config(config, tokenizer, image_token_id)).to(dtype)
+            # built directly in `dtype`: a 7B body in float32 first would need twice the memory
+            llava = LlavaForConditionalGeneration._from_config(_llava_config(config, tokenizer, image_token_id), dtype=dtype)
             image_processor = _clip_processor(config.vision_image_size)
         if len(tokenizer) > llava.get_input_embeddings().weight.shape[0]:
             llava.resize_token_embeddings(len(tokenizer))

@@ -53,6 +53,11 @@ def build_word_tokenizer(corpus: Iterable[str], *, with_aura_tokens: bool = True
     )
     trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, BOS, EOS], min_frequency=1)
     tok.train_from_iterator(list(corpus) + [_TEMPLATE_TEXT], trainer=trainer)
+    return _wrap(tok, with_aura_tokens)
+
+
+def _wrap(tok: Tokenizer, with_aura_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """transformers view of a word-level `tokenizers.Tokenizer` (saved/loaded like any HF tokenizer)."""
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD, padding_side="right"
     )
@@ -80,12 +85,7 @@ def _default_word_tokenizer_json() -> str:
 
 def default_word_tokenizer() -> PreTrainedTokenizerFast:
     """The tiny model's tokenizer (built once per process from the synthetic corpus, then copied)."""
-    tok = Tokenizer.from_str(_default_word_tokenizer_json())
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD, padding_side="right"
-    )
-    add_aura_tokens(wrapped)
-    return wrapped
+    return _wrap(Tokenizer.from_str(_default_word_tokenizer_json()))
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
