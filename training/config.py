@@ -1,0 +1,187 @@
+"""Training run settings: one dataclass (defaults = the tiny CPU run), YAML files and `--set key=value` on top.
+
+The model's shapes are not here: `model` names an entry of aura_core.model.config's registry and
+`model_overrides` changes its fields. Every unknown key is an error naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from aura_core.model.config import AuraConfig, ConfigError, get_config
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "aura_core" / "assets"  # relative model paths resolve here first
+TINY_BACKBONE = "tiny_sam_vit.pth"  # pretrained tiny SAM (training/pretrain_backbone.py), shipped like SAM's .pth
+
+
+@dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The synthetic set generated (once, then cached) when no `data_dir` is given."""
+
+    train_images: int = 1200
+    val_images: int = 100
+    seed: int = 0
+    image_size: int = 256
+    cache_dir: Optional[str] = None  # None -> $AURA_CACHE or ~/.cache/aura_ros
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the tiny model on the synthetic set (the no-argument run)."""
+
+    model: str = "tiny"  # aura_core.model.config registry name
+    # Nested overrides of the model config; the default run trains on top of the pretrained tiny SAM in ASSETS_DIR.
+    model_overrides: Dict[str, Any] = field(default_factory=lambda: {"vision": {"checkpoint": TINY_BACKBONE}})
+    data_dir: Optional[str] = None  # AmodalReasonSeg-format directory; None -> the cached synthetic set
+    train_split: str = "train"
+    val_split: str = "val"
+    output_dir: str = "runs/default"
+    seed: int = 0
+    # Optimiser and schedule (paper Sec. 5.1: AdamW, lr 1e-3, 100 warm-up its, linear decay to 0, 5000 its).
+    iterations: int = 1500  # optimiser steps
+    warmup_iterations: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.95)
+    batch_size: int = 8  # per process and micro-step
+    grad_accumulation: int = 1  # micro-steps per optimiser step
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    # What a person sees.
+    log_every: int = 10  # optimiser steps between JSONL records
+    eval_every: int = 500  # optimiser steps between evaluations (0: only at the end)
+    eval_samples: int = 0  # validation QA pairs per evaluation (0: all)
+    final_eval_generation: bool = True  # also score generated answers at the end
+    overlays: int = 8  # validation samples drawn as PNG after each evaluation
+    checkpoint_every: int = 500  # optimiser steps between checkpoints of output_dir/checkpoints/last (0: only at the end)
+    num_workers: int = 0  # DataLoader workers per process
+    threads: int = 0  # torch CPU threads per process (0: leave torch's default)
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "iterations": self.iterations >= 1,
+            "warmup_iterations": 0 <= self.warmup_iterations < self.iterations,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "grad_accumulation": self.grad_accumulation >= 1,
+            "grad_clip": self.grad_clip >= 0,
+            "precision": self.precision in ("auto", "bf16", "fp32"),
+            "log_every": self.log_every >= 1,
+            "eval_every": self.eval_every >= 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+    def model_config(self) -> AuraConfig:
+        """The AuraConfig this run trains (registry entry + overrides)."""
+        return get_config(self.model, self.model_overrides)
+
+
+def _from_mapping(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    kwargs: Dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown training config key '{path}' (known: {', '.join(sorted(fields))})")
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_mapping(type(default), value, path, source)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise ConfigError(f"{source}: '{path}' expects a list of {len(default)} values, got {value!r}")
+            kwargs[key] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: '{path}' expects true/false, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int) and not isinstance(value, int)):
+                raise ConfigError(f"{source}: '{path}' expects a {type(default).__name__}, got {value!r}")
+            kwargs[key] = type(default)(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def train_config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+    """JSON/YAML-ready dict (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def _merge(base: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_set_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """['lr=3e-4', 'synthetic.train_images=50'] -> nested dict; values are parsed as YAML scalars/lists."""
+    nested: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with an earlier --set of '{part}'")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def load_train_config(path: Optional[os.PathLike] = None, overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    """Defaults, then the YAML file at `path` (if any), then `overrides` (a nested dict, e.g. from flags)."""
+    values: Dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"training config file {file} not found")
+        with open(file, encoding="utf-8") as f:
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{file}: not valid YAML ({err})") from err
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: must hold a mapping of training settings")
+        values = loaded
+        source = str(file)
+    if overrides:
+        values = _merge(values, overrides)
+        source = f"{source} + command-line flags" if path is not None else "command-line flags"
+    config = _from_mapping(TrainConfig, values, "", source)
+    try:
+        config.model_config()  # unknown model name or model key -> error now, before any data work
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    return config

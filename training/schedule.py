@@ -1,0 +1,31 @@
+"""WarmupDecayLR (paper Sec. 5.1): linear warm-up to the base lr, then linear decay to 0 at the last iteration.
+
+A small pure function anyone can read and test, plus a LambdaLR around it for the optimiser.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def warmup_decay_lr(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimiser step `step` (0-based).
+
+    Steps 0..warmup-1 rise linearly from base_lr/warmup to base_lr; from there the lr falls linearly and
+    reaches 0 at step `total_steps` (so the last real step, total_steps-1, still gets a small positive lr).
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    return base_lr * max(0.0, (total_steps - step) / decay_steps)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR applying `warmup_decay_lr` as a factor on each param group's initial lr."""
+    warmup_decay_lr(0, base_lr=1.0, warmup_steps=warmup_steps, total_steps=total_steps)  # validates the arguments
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_decay_lr(step, base_lr=1.0, warmup_steps=warmup_steps, total_steps=total_steps)
+    )
