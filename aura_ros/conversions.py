@@ -68,14 +68,14 @@ def image_to_numpy(msg: Any) -> np.ndarray:
 
 
 def image_to_rgb(msg: Any) -> np.ndarray:
-    """An Image message as a contiguous (H, W, 3) uint8 RGB array, the model's input."""
+    """An Image message as a contiguous, writable (H, W, 3) uint8 RGB copy (the model's input; owns its memory)."""
     pixels = image_to_numpy(msg)
     encoding = str(msg.encoding).lower()
     if encoding == "mono8":
         return np.repeat(pixels[:, :, None], 3, axis=2)
     if encoding.startswith("bgr"):
         pixels = pixels[:, :, 2::-1]
-    return np.ascontiguousarray(pixels[:, :, :3])
+    return np.array(pixels[:, :, :3], order="C", copy=True)
 
 
 def numpy_to_image(factory: MessageFactory, pixels: np.ndarray, encoding: str, header: Any) -> Any:

@@ -279,6 +279,11 @@ class AuraResponder:
             and self.frames.count > self._embedded_sequence
         )
 
+    @property
+    def embedding_current(self) -> bool:
+        """True when the pipeline holds the image embedding of the newest frame (the next query skips the backbone)."""
+        return self.frames.count > 0 and self._embedded_sequence == self.frames.count
+
     def _embed_newest(self) -> None:
         """While idle: caches the newest frame's image embedding so the next query skips the vision backbone."""
         frame = self.frames.newest()

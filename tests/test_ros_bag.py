@@ -6,7 +6,7 @@ import pytest
 
 from aura_ros import bag_runner, conversions, core, interfaces
 from aura_ros.params import AuraParameters
-from tests.ros_fixtures import ScenePipeline, image_msg, read_bag, scenes, write_bag
+from tests.ros_fixtures import ScenePipeline, espeak_available, image_msg, read_bag, scenes, speak, write_bag, write_grammar
 
 S = core.NS_PER_S
 IMAGE, QUERY = "/camera/image_raw", "/question"
@@ -95,3 +95,43 @@ def test_cli_reports_bad_paths_by_option(tmp_path):
     with pytest.raises(FileExistsError, match="--output"):
         bag_runner.run_bag(input_bag=tmp_path / "in", output_bag=tmp_path / "out", pipeline=None,
                            params=AuraParameters(speech_enabled=False))
+
+
+@pytest.mark.skipif(espeak_available() is not None, reason=str(espeak_available()))
+def test_cli_end_to_end_with_the_tiny_pipeline_text_and_speech(tmp_path, scene_list, capsys):
+    """aura-bag with the real (random-init tiny) AuraPipeline: a text and a spoken question about synthetic frames."""
+    pytest.importorskip("pocketsphinx", reason="pocketsphinx is not installed")
+    typestore = interfaces.make_typestore()
+    factory = interfaces.RosbagsFactory(typestore)
+    audio = np.frombuffer(speak("where is the green ball"), np.uint8)
+    chunk = 3200
+    messages = [
+        (IMAGE, interfaces.IMAGE_TYPE, 1 * S, image_msg(factory, scene_list[0].image, stamp_ns=77 * S, frame_id="cam")),
+        (QUERY, interfaces.STRING_TYPE, 1 * S + 5, _string(typestore, "what can I use to cut bread?")),
+        (IMAGE, interfaces.IMAGE_TYPE, 2 * S, image_msg(factory, scene_list[1].image, encoding="bgr8", stamp_ns=78 * S,
+                                                        frame_id="cam")),
+    ]
+    for i, start in enumerate(range(0, audio.size, chunk)):
+        data = factory.make(interfaces.AUDIO_DATA_TYPE, data=audio[start : start + chunk])
+        messages.append(("/mic", interfaces.AUDIO_DATA_TYPE, 2 * S + 1 + i * 100_000_000, data))
+    write_bag(tmp_path / "in", typestore, messages, storage="sqlite3")
+    params = tmp_path / "aura.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    max_new_tokens: 3\n    max_image_age: 10.0\n"
+                      f"    speech_grammar: {write_grammar(tmp_path)}\n")
+    code = bag_runner.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--config", "tiny",
+                            "--params", str(params), "--image-topic", IMAGE, "--query-topic", QUERY,
+                            "--speech-topic", "/mic", "--no-progress"])
+    assert code == 0 and "statuses: 0: 2" in capsys.readouterr().out
+    out = read_bag(tmp_path / "out")
+    assert [m.data for _, m in out["/transcript"]] == ["where is the green ball"]
+    segmentations = [m for _, m in out["/segmentation"]]
+    assert [s.question for s in segmentations] == ["what can I use to cut bread?", "where is the green ball"]
+    assert [s.header.stamp.sec for s in segmentations] == [77, 78]
+    for seg, scene in zip(segmentations, scene_list):
+        assert seg.status == core.STATUS_OK and (seg.image_height, seg.image_width) == scene.image.shape[:2]
+        assert "[SEG]" not in seg.answer and seg.answer.strip()
+        for instance in seg.instances:  # a random-init model may name no object; any it names must be well formed
+            box = instance.amodal_box
+            assert box.x_offset + box.width <= seg.image_width and box.y_offset + box.height <= seg.image_height
+            assert (instance.amodal_mask.width, instance.amodal_mask.height) == (box.width, box.height)
+    assert [m.header.stamp.sec for _, m in out["/visible_labels"]] == [77, 78]

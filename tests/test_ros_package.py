@@ -125,3 +125,8 @@ def test_launch_file_compiles_and_builds_its_description():
 
 def test_rosbags_typestore_fixture_is_shared():
     assert rosbags_factory().make("std_msgs/msg/String", data="x").data == "x"
+
+
+def test_node_module_compiles_without_ros():
+    source = (ROOT / "aura_ros" / "node.py").read_text()
+    compile(source, "node.py", "exec")
