@@ -72,8 +72,12 @@ def parsed_idl(tmp_path_factory):
         pytest.skip("Debian's rosidl-tools / python3-rosidl are not installed")
     out = tmp_path_factory.mktemp("idl")
     args = [f"{ROOT}:{path}" for path in INTERFACE_FILES]
-    subprocess.run(["rosidl", "translate", "--to", "idl", "-o", str(out), "aura_ros", *args], check=True, capture_output=True)
-    parsed = subprocess.run([SYSTEM_PYTHON, "-c", PARSE_IDL, str(out)], check=True, capture_output=True, text=True)
+    # rosidl's adapter needs Debian's python3-empy and python3-catkin-pkg besides python3-rosidl and rosidl-tools.
+    translated = subprocess.run(["rosidl", "translate", "--to", "idl", "-o", str(out), "aura_ros", *args],
+                                capture_output=True, text=True)
+    assert translated.returncode == 0 and list(out.rglob("*.idl")), f"rosidl translate failed: {translated.stderr}"
+    parsed = subprocess.run([SYSTEM_PYTHON, "-c", PARSE_IDL, str(out)], capture_output=True, text=True)
+    assert parsed.returncode == 0, f"rosidl_parser failed: {parsed.stderr}"
     return json.loads(parsed.stdout)
 
 
