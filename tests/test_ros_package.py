@@ -134,3 +134,68 @@ def test_rosbags_typestore_fixture_is_shared():
 def test_node_module_compiles_without_ros():
     source = (ROOT / "aura_ros" / "node.py").read_text()
     compile(source, "node.py", "exec")
+
+
+# Stand-ins for the ament/rosidl CMake packages: they record calls and install what the real ones would (the
+# generated Python package aura_ros with its empty __init__.py), so the real CMakeLists.txt is configured and
+# installed by the real cmake and the resulting tree can be checked.
+CMAKE_STUBS = {
+    "ament_cmake": """
+macro(ament_package)
+  file(APPEND "${CMAKE_BINARY_DIR}/calls.txt" "ament_package\\n")
+endmacro()
+macro(ament_export_dependencies)
+endmacro()
+""",
+    "ament_cmake_python": """
+set(PYTHON_INSTALL_DIR "lib/python3/site-packages")
+function(ament_python_install_package name)
+  file(APPEND "${CMAKE_BINARY_DIR}/calls.txt" "python_package ${name}\\n")
+  install(DIRECTORY "${CMAKE_CURRENT_SOURCE_DIR}/${name}" DESTINATION "${PYTHON_INSTALL_DIR}" PATTERN "__pycache__" EXCLUDE)
+endfunction()
+""",
+    "rosidl_default_generators": """
+function(rosidl_generate_interfaces target)
+  cmake_parse_arguments(ARG "" "" "DEPENDENCIES" ${ARGN})
+  foreach(file ${ARG_UNPARSED_ARGUMENTS})
+    if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${file}")
+      message(FATAL_ERROR "interface file ${file} does not exist")
+    endif()
+  endforeach()
+  file(APPEND "${CMAKE_BINARY_DIR}/calls.txt" "interfaces ${target} ${ARG_UNPARSED_ARGUMENTS} | ${ARG_DEPENDENCIES}\\n")
+  file(WRITE "${CMAKE_BINARY_DIR}/generated/${target}/__init__.py" "")
+  install(FILES "${CMAKE_BINARY_DIR}/generated/${target}/__init__.py" DESTINATION "${PYTHON_INSTALL_DIR}/${target}")
+endfunction()
+""",
+    "std_msgs": "",
+    "sensor_msgs": "",
+}
+
+
+def test_cmake_configures_and_installs_the_documented_layout(tmp_path):
+    if not shutil.which("cmake"):
+        pytest.skip("cmake is not installed")
+    prefix = tmp_path / "stubs"
+    for name, body in CMAKE_STUBS.items():
+        directory = prefix / "share" / name / "cmake"
+        directory.mkdir(parents=True)
+        (directory / f"{name}Config.cmake").write_text(body)
+    build, install = tmp_path / "build", tmp_path / "install"
+    configured = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}",
+                                 f"-DCMAKE_INSTALL_PREFIX={install}"], capture_output=True, text=True)
+    assert configured.returncode == 0, configured.stderr
+    installed = subprocess.run(["cmake", "--install", str(build)], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    calls = (build / "calls.txt").read_text().splitlines()
+    assert calls[0] == "interfaces aura_ros msg/AmodalInstance.msg;msg/AmodalSegmentation.msg;srv/Ask.srv | std_msgs;sensor_msgs"
+    assert "python_package aura_core" in calls and calls[-1] == "ament_package"
+    site = install / "lib" / "python3" / "site-packages"
+    assert (site / "aura_ros" / "__init__.py").read_text() == ""  # the generator's, not ours
+    modules = {p.name for p in (ROOT / "aura_ros").glob("*.py")} - {"__init__.py"}
+    assert modules <= {p.name for p in (site / "aura_ros").glob("*.py")}
+    assert (site / "aura_core" / "pipeline.py").is_file()
+    node = install / "lib" / "aura_ros" / "aura_node"
+    assert "from aura_ros.node import main" in node.read_text() and node.stat().st_mode & 0o111
+    assert (install / "lib" / "aura_ros" / "aura_bag").is_file()
+    assert (install / "share" / "aura_ros" / "launch" / "aura.launch.py").is_file()
+    assert (install / "share" / "aura_ros" / "config" / "aura.yaml").is_file()
