@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-rosidl rosidl-tools espeak-ng sox
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-rosidl rosidl-tools python3-empy python3-catkin-pkg cmake espeak-ng sox
 fi
 python -m pip install -q -r requirements/test.txt
 python -m pip install -q --no-deps -e .
