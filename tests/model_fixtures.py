@@ -74,3 +74,13 @@ def random_masks(k: int, h: int, w: int, generator: Optional[torch.Generator] = 
         y, x = torch.randint(0, h // 2, (2,), generator=generator).tolist()
         amodal[i, y : y + h // 2, x : x + w // 2] = True
     return amodal
+
+
+def synthetic_items(root: Path, count: int, *, size: int = 96, seed: int = 3, image_size: int = 256) -> list:
+    """`count` dataset items from a small synthetic set written under `root` (data helper's generator + loader)."""
+    from aura_core.data.dataset import AmodalReasonSegDataset
+    from aura_core.data.synthetic import generate_dataset
+
+    generate_dataset(root, train=max(2, count // 3 + 1), val=1, seed=seed, size=size)
+    dataset = AmodalReasonSegDataset(root, "train", image_size=image_size)
+    return [dataset[i] for i in range(count)]

@@ -69,6 +69,19 @@ class MaskDecoderConfig:
     transformer_mlp_dim: int = 2048
     transformer_heads: int = 8
     iou_head_hidden_dim: int = 256
+    iou_head_depth: int = 3
+    # SAM's decoder has 1 + 3 mask tokens; AURA uses only the single-mask output (multimask_output=False), but
+    # keeping 3 multimask tokens makes the decoders load SAM's mask_decoder.* weights unchanged.
+    num_multimask_outputs: int = 3
+
+
+@dataclass(frozen=True)
+class OcclusionEncoderConfig:
+    """Sizes of the Occlusion Condition Encoder (E_OC) and the Spatial Occlusion Encoder (E_SO)."""
+
+    condition_hidden_dim: int = 256  # hidden width of the e_r -> e_oa MLP
+    spatial_hidden_channels: int = 32  # channels of E_SO's conv layers over the two predicted masks
+    spatial_layers: int = 3  # 3x3 conv layers before the 1x1 classifier
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ class AuraConfig:
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     use_occlusion_condition_encoder: bool = True  # E_OC (Table 2)
     use_spatial_occlusion_encoder: bool = True  # E_SO (Table 2)
+    occlusion: OcclusionEncoderConfig = field(default_factory=OcclusionEncoderConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
 
@@ -122,6 +136,7 @@ _TINY = AuraConfig(
     mask_decoder=MaskDecoderConfig(
         prompt_embed_dim=64, transformer_depth=2, transformer_mlp_dim=256, transformer_heads=4, iou_head_hidden_dim=64
     ),
+    occlusion=OcclusionEncoderConfig(condition_hidden_dim=64, spatial_hidden_channels=16, spatial_layers=2),
 )
 
 _VIT_H = VisionBackboneConfig()

@@ -1,0 +1,185 @@
+"""AuraModel (Fig. 2): the Multi-Modal LLM, the Vision Backbone and the SAM-side boxes composed into one module.
+
+The model is a pure function of its inputs; the pipeline (aura_core/pipeline.py) owns caching across calls. The two
+Table 2 switches (`use_occlusion_condition_encoder`, `use_spatial_occlusion_encoder`) decide whether E_OC and E_SO
+exist at all: an ablated box is `None`, has no parameters and produces no output (and, in losses.py, no loss term).
+Without E_OC the Amodal Mask Decoder is prompted with e_r directly and no occlusion rate is predicted.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from aura_core.data.transforms import postprocess_masks
+from aura_core.model.config import AuraConfig
+from aura_core.model.mask_decoder import MaskDecoder
+from aura_core.model.occlusion_condition_encoder import OcclusionConditionEncoder
+from aura_core.model.prompt_encoder import PromptEncoder
+from aura_core.model.spatial_occlusion_encoder import SpatialOcclusionEncoder
+from aura_core.model.vision_backbone import VisionBackbone
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class AuraOutput:
+    """Training-time output; every list has one entry per sample, each with one row per [SEG] (K_i)."""
+
+    text_loss: torch.Tensor  # scalar, L_text
+    visible_logits: List[torch.Tensor]  # (K, H, W) at the sample's original size
+    amodal_logits: List[torch.Tensor]  # (K, H, W)
+    visible_scores: List[torch.Tensor]  # (K,)
+    amodal_scores: List[torch.Tensor]  # (K,)
+    occlusion_rates: Optional[List[torch.Tensor]]  # (K,) r_hat; None without E_OC
+    spatial_logits: Optional[List[torch.Tensor]]  # (K, 3, H, W); None without E_SO
+
+
+class AuraModel(nn.Module):
+    """The full AURA model; build it with aura_core.model.build.build_aura_model(config)."""
+
+    def __init__(
+        self,
+        *,
+        config: AuraConfig,
+        mllm: nn.Module,
+        vision_backbone: VisionBackbone,
+        prompt_encoder: PromptEncoder,
+        visible_mask_decoder: MaskDecoder,
+        amodal_mask_decoder: MaskDecoder,
+        occlusion_condition_encoder: Optional[OcclusionConditionEncoder],
+        spatial_occlusion_encoder: Optional[SpatialOcclusionEncoder],
+    ) -> None:
+        super().__init__()
+        if (occlusion_condition_encoder is None) == config.use_occlusion_condition_encoder:
+            raise ValueError("occlusion_condition_encoder must be given exactly when config enables E_OC")
+        if (spatial_occlusion_encoder is None) == config.use_spatial_occlusion_encoder:
+            raise ValueError("spatial_occlusion_encoder must be given exactly when config enables E_SO")
+        self.config = config
+        self.mllm = mllm
+        self.vision_backbone = vision_backbone
+        self.prompt_encoder = prompt_encoder
+        self.visible_mask_decoder = visible_mask_decoder
+        self.amodal_mask_decoder = amodal_mask_decoder
+        self.occlusion_condition_encoder = occlusion_condition_encoder
+        self.spatial_occlusion_encoder = spatial_occlusion_encoder
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_encoder.no_mask_embed.weight.device
+
+    # --- SAM-side stages (also what the pipeline's torch backend calls) -------------------------------------------
+    def encode_image(self, sam_images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> (B, C, h, w) image embeddings F_I (frozen backbone, no graph)."""
+        with torch.no_grad():
+            return self.vision_backbone(sam_images.to(self.device))
+
+    def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """D_V(F_I, e_r) -> (low-res visible logits (K, h', w'), scores (K,))."""
+        pe = self.prompt_encoder
+        return self.visible_mask_decoder(image_embedding, e_r, pe.dense_embedding(), pe.dense_pe())
+
+    def decode_amodal(
+        self, image_embedding: torch.Tensor, e_r: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """E_OC then D_A(F_I, e_oa) -> (low-res amodal logits, scores, r_hat (K,) or None without E_OC)."""
+        rates: Optional[torch.Tensor] = None
+        prompt = e_r
+        if self.occlusion_condition_encoder is not None:
+            prompt, rates = self.occlusion_condition_encoder(e_r)
+        pe = self.prompt_encoder
+        logits, scores = self.amodal_mask_decoder(image_embedding, prompt, pe.dense_embedding(), pe.dense_pe())
+        return logits, scores, rates
+
+    def decode(
+        self,
+        image_embedding: torch.Tensor,
+        seg_hidden: torch.Tensor,
+        resize_hw: Sequence[int],
+        original_hw: Sequence[int],
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        """All SAM-side boxes for one image: (1, C, h, w) F_I and (K, hidden) [SEG] states -> outputs at original size.
+
+        Keys: visible_logits, amodal_logits (K, H, W); visible_scores, amodal_scores (K,); occlusion_rates (K,) or
+        None; spatial_logits (K, 3, H, W) or None.
+        """
+        e_r = self.prompt_encoder(seg_hidden.to(self.device))
+        visible_low, visible_scores = self.decode_visible(image_embedding, e_r)
+        amodal_low, amodal_scores, rates = self.decode_amodal(image_embedding, e_r)
+        size = self.config.vision.image_size
+        resize_hw, original_hw = tuple(resize_hw), tuple(original_hw)
+        spatial = None
+        if self.spatial_occlusion_encoder is not None:
+            spatial_low = self.spatial_occlusion_encoder(visible_low, amodal_low)  # (K, 3, h', w')
+            k, classes, h, w = spatial_low.shape
+            spatial = postprocess_masks(spatial_low.reshape(k * classes, h, w), resize_hw, original_hw, size)
+            spatial = spatial.reshape(k, classes, *spatial.shape[-2:])
+        return {
+            "visible_logits": postprocess_masks(visible_low, resize_hw, original_hw, size),
+            "amodal_logits": postprocess_masks(amodal_low, resize_hw, original_hw, size),
+            "visible_scores": visible_scores,
+            "amodal_scores": amodal_scores,
+            "occlusion_rates": rates,
+            "spatial_logits": spatial,
+        }
+
+    # --- training forward ----------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> AuraOutput:
+        """Teacher-forced forward over a `collate` batch: text loss plus both masks for every [SEG] of every answer.
+
+        Optional batch keys: "history" (per sample, earlier (question, answer) rounds) and "image_embeddings"
+        ((B, C, h, w) output of `encode_image`, reused instead of running the frozen backbone again).
+        """
+        for key in ("image", "question", "answer", "resize_hw", "original_hw"):
+            if key not in batch:
+                raise KeyError(f"batch lacks '{key}' (expected aura_core.data collate output)")
+        inputs = self.mllm.encode(
+            list(batch["image"]), list(batch["question"]), list(batch["answer"]), batch.get("history")
+        )
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        mllm_out = self.mllm(inputs)
+        if "image_embeddings" in batch:  # the backbone is frozen, so a trainer may compute F_I once per image
+            embeddings = batch["image_embeddings"].to(self.device)
+        elif "sam_images" in batch:
+            embeddings = self.encode_image(batch["sam_images"])  # (B, C, h, w)
+        else:
+            raise KeyError("batch lacks 'sam_images' (or precomputed 'image_embeddings')")
+        per_sample = [
+            self.decode(embeddings[i : i + 1], mllm_out.seg_hidden[i], batch["resize_hw"][i], batch["original_hw"][i])
+            for i in range(embeddings.shape[0])
+        ]
+
+        def gather(key: str) -> Optional[List[torch.Tensor]]:
+            values = [sample[key] for sample in per_sample]
+            return None if any(v is None for v in values) else values
+
+        return AuraOutput(
+            text_loss=mllm_out.text_loss,
+            visible_logits=gather("visible_logits"),
+            amodal_logits=gather("amodal_logits"),
+            visible_scores=gather("visible_scores"),
+            amodal_scores=gather("amodal_scores"),
+            occlusion_rates=gather("occlusion_rates"),
+            spatial_logits=gather("spatial_logits"),
+        )
+
+    # --- what trains -----------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """(name, parameter) of everything the optimiser updates: LoRA, new token rows, E_P, D_V, D_A, E_OC, E_SO."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> Dict[str, Tuple[int, int]]:
+        """{box name: (trainable, total)} for every top-level box, plus "total"."""
+        counts: Dict[str, Tuple[int, int]] = {}
+        for name, child in self.named_children():
+            params = list(child.parameters())
+            counts[name] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+        counts["total"] = (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
+        return counts
+
+    def log_parameter_counts(self) -> None:
+        for name, (trainable, total) in self.parameter_counts().items():
+            LOGGER.info("%-28s trainable %12s / %12s", name, f"{trainable:,}", f"{total:,}")

@@ -1,0 +1,153 @@
+"""AURA checkpoints: one directory with config.json, model.safetensors and tokenizer/.
+
+What is saved: every tensor of the model except those that come back from a local pretrained file on load, i.e.
+the Vision Backbone when `config.vision.checkpoint` names a SAM .pth (unless `include_vision_backbone=True`, which
+makes the directory self-contained), and the frozen LLaVA weights when `config.mllm.pretrained_path` is set (then only
+LoRA, the new token rows and the other trainable MLLM tensors are saved). A tiny random-init model is saved whole, so
+it reloads to identical outputs. Loading reads safetensors only; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Set, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from aura_core.model.aura import AuraModel
+from aura_core.model.build import build_aura_model
+from aura_core.model.config import ConfigError, config_from_dict, config_to_dict
+from aura_core.model.tokenizer import load_tokenizer
+
+LOGGER = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+FORMAT = "aura-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is incomplete or does not match the model its config builds."""
+
+
+def _saved_keys(model: AuraModel, include_vision_backbone: bool) -> Set[str]:
+    """State-dict keys a checkpoint of `model` holds (see the module docstring)."""
+    config = model.config
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    keys = set()
+    for key in model.state_dict():
+        if key.startswith("vision_backbone.") and config.vision.checkpoint and not include_vision_backbone:
+            continue
+        if key.startswith("mllm.") and config.mllm.pretrained_path and key not in trainable:
+            continue
+        keys.add(key)
+    return keys
+
+
+def save_checkpoint(
+    model: AuraModel,
+    directory: Union[str, Path],
+    *,
+    extra: Optional[Mapping[str, Any]] = None,
+    dtype: Optional[torch.dtype] = None,
+    include_vision_backbone: bool = False,
+) -> Path:
+    """Write `model` to `directory` (created if needed) and return it.
+
+    Arguments:
+      extra: JSON-able metadata stored in config.json (e.g. training step, metrics); read back by `read_metadata`.
+      dtype: e.g. torch.float16 to halve the size of a shipped model; floating tensors are cast, load restores the
+        model's own dtype.
+      include_vision_backbone: also store a backbone that came from `config.vision.checkpoint`; the saved config then
+        names no .pth, so the directory works on its own (used for the small embedded default model).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = _saved_keys(model, include_vision_backbone)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in keys:
+            value = value.detach().to("cpu")
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            state[key] = value.contiguous().clone()  # clone: safetensors refuses tensors that share storage
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    config = model.config
+    if include_vision_backbone and config.vision.checkpoint:
+        config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, checkpoint=None))
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config_to_dict(config),
+        "saved_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "extra": dict(extra or {}),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    model.mllm.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+    LOGGER.info("saved checkpoint %s (%d tensors)", directory, len(state))
+    return directory
+
+
+def read_metadata(directory: Union[str, Path]) -> Dict[str, Any]:
+    """The parsed config.json of a checkpoint directory ("config", "extra", ...), with clear errors."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing (not an AURA checkpoint directory)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: invalid JSON: {error}") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path}: not an AURA checkpoint config (expected format '{FORMAT}' and a 'config' entry)")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')}, this code reads {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(directory: Union[str, Path], device: Union[str, torch.device] = "cpu") -> AuraModel:
+    """Rebuild the model of a checkpoint directory (pretrained parts from their local paths) in eval mode."""
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    try:
+        config = config_from_dict(meta["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {error}") from error
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    if not (directory / TOKENIZER_DIR).is_dir():
+        raise CheckpointError(f"{directory / TOKENIZER_DIR} is missing")
+    tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    model = build_aura_model(config, tokenizer=tokenizer, base_dir=directory)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{weights}: cannot read safetensors: {error}") from error
+    own = model.state_dict()
+    expected = _saved_keys(model, include_vision_backbone=False)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not match the model built from {CONFIG_FILE}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise CheckpointError(
+                f"{weights}: '{key}' has shape {tuple(value.shape)}, the config builds {tuple(own[key].shape)}"
+            )
+        state[key] = value.to(own[key].dtype)  # an fp16 file loads back into the model's dtype (fp32 on CPU)
+    model.load_state_dict(state, strict=False)
+    model.to(device)
+    model.eval()
+    return model
