@@ -62,6 +62,8 @@ class OnnxRuntimeSamBackend:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting after a run: the torch LLM runs next on the same cores and would be slowed down.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers_for(device)
         self.sessions = {
             name: onnxruntime.InferenceSession(
