@@ -5,11 +5,21 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
+import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
 from aura_core.model.config import AuraConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: on a shared 2-core machine, 2 threads are several times slower for tiny shapes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_tiny_sam_pth(path: Path, config: AuraConfig, *, backbone_only: bool = False, seed: int = 1) -> Path:

@@ -12,18 +12,9 @@ from aura_core.model.build import build_aura_model
 from aura_core.model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from aura_core.model.config import get_config
 from aura_core.model.losses import aura_losses
-from tests.model_fixtures import synthetic_items, write_tiny_sam_pth
+from tests.model_fixtures import one_thread, synthetic_items, write_tiny_sam_pth  # noqa: F401 (autouse fixture)
 
 TINY = get_config("tiny")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads are several times slower for these tiny shapes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

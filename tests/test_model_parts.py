@@ -15,9 +15,7 @@ from aura_core.model.occlusion_condition_encoder import OcclusionConditionEncode
 from aura_core.model.prompt_encoder import PromptEncoder
 from aura_core.model.spatial_occlusion_encoder import SpatialOcclusionEncoder
 from aura_core.model.vision_backbone import SamCheckpointError, build_vision_backbone, read_sam_checkpoint
-from tests.model_fixtures import masks_to_logits, one_hot_logits, random_masks, write_tiny_sam_pth
-
-torch.set_num_threads(2)
+from tests.model_fixtures import masks_to_logits, one_hot_logits, one_thread, random_masks, write_tiny_sam_pth  # noqa: F401
 TINY = get_config("tiny")
 
 
@@ -153,3 +151,24 @@ def test_loss_bad_input_names_the_key():
     del batch["spatial_maps"]
     with pytest.raises(KeyError, match="spatial_maps"):
         aura_losses(output, batch, LossWeights())
+
+
+@pytest.mark.parametrize(
+    "name,builder", [("paper-7b", "vit_h"), ("paper-7b-vit-l", "vit_l"), ("paper-7b-vit-b", "vit_b")]
+)
+def test_paper_configs_match_the_official_sam_state_dict_shapes(name, builder):
+    """Built on the meta device (no memory): every SAM tensor our boxes load has the same name and shape."""
+    from segment_anything import sam_model_registry
+
+    config = get_config(name)
+    dec = config.mask_decoder
+    with torch.device("meta"):
+        sam = sam_model_registry[builder]().state_dict()
+        backbone = build_vision_backbone(config.vision, out_channels=dec.prompt_embed_dim)
+        prompt = PromptEncoder(hidden_size=64, prompt_embed_dim=dec.prompt_embed_dim, embedding_size=backbone.embedding_size)
+        decoder = MaskDecoder(config=dec)
+    ours = {"image_encoder." + k: v for k, v in backbone.encoder.state_dict().items()}
+    ours.update({"mask_decoder." + k: v for k, v in decoder.decoder.state_dict().items()})
+    ours.update({"prompt_encoder." + k: v for k, v in prompt.state_dict().items() if not k.startswith("projection.")})
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(sam[k].shape) for k in ours}
+    assert set(k for k in sam if k.startswith(("image_encoder.", "mask_decoder."))) <= set(ours)

@@ -12,14 +12,7 @@ from aura_core.model.checkpoint import save_checkpoint
 from aura_core.model.config import get_config
 from aura_core.pipeline import DEFAULT_MODEL_DIR, AuraPipeline, TorchSamBackend, occlusion_rate_from_masks
 from aura_core.result import AuraResult
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.model_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
 
 class CountingBackend(TorchSamBackend):
