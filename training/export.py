@@ -58,11 +58,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 fp16=args.fp16, workspace_bytes=args.workspace_mib << 20, opt_num_seg=args.opt_seg,
                 max_num_seg=args.max_seg,
             )  # fmt: skip
-            backend = open_backend(
-                "tensorrt", model, args.checkpoint, args.device, export_dir=args.out, options=options
-            )
+            # building the backend builds (or finds) every engine in the cache under DIR/engines
+            open_backend("tensorrt", model, args.checkpoint, args.device, export_dir=args.out, options=options)
             LOG.info("TensorRT engines in %s", args.out / "engines")
-            del backend
     except (CheckpointError, ExportError, RuntimeError, ValueError) as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1
