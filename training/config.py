@@ -85,6 +85,14 @@ class TrainConfig:
         return get_config(self.model, self.model_overrides)
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _from_mapping(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(values).__name__}")
@@ -106,6 +114,8 @@ def _from_mapping(cls: type, values: Mapping[str, Any], where: str, source: str)
             if not isinstance(value, bool):
                 raise ConfigError(f"{source}: '{path}' expects true/false, got {value!r}")
             kwargs[key] = value
+        elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
+            kwargs[key] = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int) and not isinstance(value, int)):
                 raise ConfigError(f"{source}: '{path}' expects a {type(default).__name__}, got {value!r}")

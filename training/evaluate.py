@@ -34,7 +34,7 @@ LOG = logging.getLogger("aura.evaluate")
 
 OCCLUDED = 0.3  # "objects occluded >= 0.3": where amodal completion has to beat the visible mask
 TEACHER_FORCED_NOTE = "masks scored with the ground-truth answer teacher-forced (each [SEG] lines up with its object)"
-GENERATED_NOTE = "the model's own greedy answers: right number of [SEG]s, and right objects named (phrases before each [SEG])"
+GENERATED_NOTE = "generated answers (the model's own, greedy): right number of [SEG]s, and right objects named (phrases before each [SEG])"
 
 
 def spread_indices(total: int, count: int) -> List[int]:

@@ -59,6 +59,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None, help="optimiser steps")
     parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoints/last")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop after this optimiser step with a resumable checkpoint (split a run into slices)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, dotted for nested keys, e.g. --set model_overrides.mllm.lora_r=16")
     return parser.parse_args(argv)
@@ -163,8 +165,12 @@ def run_evaluation(model: torch.nn.Module, dataset: AmodalReasonSegDataset, conf
 # ----------------------------------------------------------------------------- the run
 
 
-def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContext] = None) -> Dict[str, Any]:
-    """Run training as configured; returns the final evaluation report on rank 0 (an empty dict elsewhere)."""
+def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContext] = None, stop_at: Optional[int] = None) -> Dict[str, Any]:
+    """Run training as configured; returns the final evaluation report on rank 0 (an empty dict elsewhere).
+
+    `stop_at`: leave after that optimiser step with a resumable checkpoint and no final evaluation (a time slice of
+    the run; `resume=True` continues it exactly).
+    """
     ctx = ctx or init_distributed()
     out = Path(config.output_dir)
     if config.threads > 0:
@@ -227,7 +233,8 @@ def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContex
     bar = tqdm(total=config.iterations, initial=step, desc="train", dynamic_ncols=True, disable=not ctx.is_main)
     t_start, step_start = time.time(), step
     report: Dict[str, Any] = {}
-    while step < config.iterations:
+    end = config.iterations if stop_at is None else min(stop_at, config.iterations)
+    while step < end:
         lr = warmup_decay_lr(step, base_lr=config.lr, warmup_steps=config.warmup_iterations, total_steps=config.iterations)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -242,19 +249,22 @@ def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContex
                         | {"lr": f"{lr:.1e}"})
         if step % config.log_every == 0 or step == config.iterations:
             elapsed = time.time() - t_start
-            log.write({"step": step, "lr": lr, "grad_norm": float(grad_norm), **logs,
+            log.write({"step": step, "lr": lr, "grad_norm": float(grad_norm), **logs, "world_size": ctx.world_size,
                        "it_per_s": (step - step_start) / max(elapsed, 1e-9), "elapsed_s": elapsed})
         final = step == config.iterations
         if ctx.is_main and ((config.eval_every and step % config.eval_every == 0) or final):
             report = run_evaluation(ddp_model, val_set, config, step, final=final)
             log.write({"step": step, "eval": report})
-        if (config.checkpoint_every and step % config.checkpoint_every == 0) or final:
+        if (config.checkpoint_every and step % config.checkpoint_every == 0) or final or step == end:
             if ctx.is_main:
                 save_resumable(ddp_model, optimizer, step, config, ctx)
             barrier(ctx)
         elif ctx.distributed and config.eval_every and step % config.eval_every == 0:
             barrier(ctx)  # the other ranks wait while rank 0 evaluates
     bar.close()
+    if step < config.iterations:
+        LOG.info("stopped at step %d of %d; continue with --resume", step, config.iterations)
+        return report
 
     if ctx.is_main:
         save_checkpoint(unwrap(ddp_model), out / FINAL_MODEL, extra={"step": step, "metrics": report.get("teacher_forced")},
@@ -272,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        train(config_from_args(args), resume=args.resume, ctx=ctx)
+        train(config_from_args(args), resume=args.resume, ctx=ctx, stop_at=args.stop_at)
     except (ConfigError, DataDirError, ResumeError, CheckpointError, SamCheckpointError, FileNotFoundError) as err:
         # Bad settings, data or checkpoints: one clear line, before any training happened.
         print(f"training/train.py: error: {err}", file=sys.stderr)

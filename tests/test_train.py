@@ -1,0 +1,191 @@
+"""Trainer: lr schedule, settings/flags errors, gradient accumulation, resume, evaluation report, multi-process run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from aura_core.data.dataset import AmodalReasonSegDataset, collate
+from aura_core.model.build import build_aura_model
+from aura_core.model.config import ConfigError
+from training.config import TrainConfig, load_train_config, parse_set_overrides
+from training.data import DataDirError, check_data_dir
+from training.distributed import DistContext
+from training.evaluate import evaluate, format_table
+from training.schedule import warmup_decay_lr
+from training.train import main as train_main
+from training.train import train, train_step
+from training.trainer_state import ResumeError
+
+from tests.train_fixtures import SMALL_MODEL, _one_thread, small_data, small_settings  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_warmup_decay_lr_rises_linearly_then_falls_to_zero():
+    lrs = [warmup_decay_lr(s, base_lr=1e-3, warmup_steps=100, total_steps=5000) for s in range(5001)]
+    assert lrs[0] == pytest.approx(1e-5)
+    assert lrs[99] == pytest.approx(1e-3)  # peak at the end of warm-up
+    assert all(b > a for a, b in zip(lrs[:99], lrs[1:100]))
+    assert all(b < a for a, b in zip(lrs[100:5000], lrs[101:5001]))
+    assert lrs[2550] == pytest.approx(0.5e-3)  # halfway through the decay
+    assert lrs[4999] > 0 and lrs[5000] == 0.0
+    with pytest.raises(ValueError):
+        warmup_decay_lr(0, base_lr=1e-3, warmup_steps=10, total_steps=10)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_config_files_and_flags(tmp_path):
+    assert load_train_config(REPO / "config/train/tiny.yaml") == TrainConfig()  # the file spells out the defaults
+    paper = load_train_config(REPO / "config/train/paper-7b.yaml")
+    assert (paper.lr, paper.iterations, paper.warmup_iterations, paper.batch_size, paper.grad_accumulation) == (1e-3, 5000, 100, 1, 4)
+    assert paper.model_config().vision.embed_dim == 1280 and paper.grad_clip > 0
+    merged = load_train_config(None, parse_set_overrides(["lr=3e-4", "synthetic.train_images=7", "betas=[0.8, 0.9]"]))
+    assert (merged.lr, merged.synthetic.train_images, merged.betas) == (3e-4, 7, (0.8, 0.9))
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"iterations": 10, "synthetic": {"train_imgs": 5}}))
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'synthetic\.train_imgs'"):
+        load_train_config(bad)
+    with pytest.raises(ConfigError, match="'lr_max'"):
+        load_train_config(None, parse_set_overrides(["lr_max=1"]))
+    with pytest.raises(ConfigError, match="vision.patch"):
+        load_train_config(None, {"model_overrides": {"vision": {"patch": 8}}})
+    with pytest.raises(ConfigError, match="iterations"):
+        load_train_config(None, {"iterations": "many"})
+    with pytest.raises(ConfigError, match="warmup_iterations"):
+        load_train_config(None, {"iterations": 10, "warmup_iterations": 10})
+
+
+def test_missing_data_dir_is_reported_before_training(tmp_path, small_data, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations_train.json").write_text("{}")
+    with pytest.raises(DataDirError, match="qa_train.json"):
+        check_data_dir(tmp_path, ["train", "val"])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_settings(tmp_path / "nowhere", tmp_path / "out")))
+    assert train_main(["--config", str(config)]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+
+def _flipped(item):
+    out = dict(item)
+    out["image"] = item["image"][:, ::-1].copy()
+    out["sam_image"] = item["sam_image"].flip(-1)
+    for key in ("visible_masks", "amodal_masks", "spatial_maps"):
+        out[key] = item[key].flip(-1)
+    return out
+
+
+def test_gradient_accumulation_matches_the_full_batch(small_data, tmp_path):
+    torch.manual_seed(0)
+    config = load_train_config(None, small_settings(small_data, tmp_path))
+    model = build_aura_model(config.model_config())
+    item = AmodalReasonSegDataset(small_data, "train", image_size=64)[0]
+    # Same answer (token count) and [SEG] count in both samples, so batch means equal means of micro-batch means.
+    pair = [item, _flipped(item)]
+
+    def grads(batches, accumulation):
+        model.zero_grad(set_to_none=True)
+        cfg = load_train_config(None, small_settings(small_data, tmp_path, grad_accumulation=accumulation))
+        logs = train_step(model, iter(batches), cfg, DistContext())
+        return logs, {n: p.grad.clone() for n, p in model.trainable_parameters() if p.grad is not None}
+
+    full_logs, full = grads([collate(pair)], 1)
+    acc_logs, acc = grads([collate(pair[:1]), collate(pair[1:])], 2)
+    assert full.keys() == acc.keys() and len(full) > 10
+    for name in full:
+        torch.testing.assert_close(acc[name], full[name], rtol=1e-3, atol=1e-6, msg=name)
+    assert acc_logs["total"] == pytest.approx(full_logs["total"], rel=1e-4)
+    # Not a vacuous comparison: a single micro-batch gives different gradients.
+    _, half = grads([collate(pair[:1])], 1)
+    assert any(not torch.allclose(half[n], full[n], rtol=1e-3, atol=1e-6) for n in full)
+
+
+# ----------------------------------------------------------------------------- resume, evaluation
+
+
+def _losses(run_dir: Path):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["total"] for r in records if "total" in r}
+
+
+def test_resume_equals_uninterrupted_and_checks_the_config(small_data, tmp_path):
+    settings = small_settings(small_data, tmp_path / "straight", grad_accumulation=2)
+    straight = train(load_train_config(None, settings))
+    sliced_settings = dict(settings, output_dir=str(tmp_path / "sliced"))
+    first = train(load_train_config(None, sliced_settings), stop_at=2)
+    assert first == {} and (tmp_path / "sliced/checkpoints/last/trainer_state.json").is_file()
+    assert not (tmp_path / "sliced/metrics.json").exists()
+    resumed = train(load_train_config(None, sliced_settings), resume=True)
+
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "sliced")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+    assert resumed["teacher_forced"]["amodal_giou"] == pytest.approx(straight["teacher_forced"]["amodal_giou"], abs=1e-3)
+
+    # Another config on resume: refused before any training, naming the difference.
+    with pytest.raises(ResumeError, match="lr: checkpoint 0.001 vs now 0.0005"):
+        train(load_train_config(None, dict(sliced_settings, lr=5e-4)), resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(load_train_config(None, dict(settings, output_dir=str(tmp_path / "empty"))), resume=True)
+
+
+def test_evaluation_report_format(small_data, tmp_path):
+    torch.manual_seed(0)
+    config = load_train_config(None, small_settings(small_data, tmp_path))
+    model = build_aura_model(config.model_config())
+    dataset = AmodalReasonSegDataset(small_data, "val", image_size=64)
+    report = evaluate(model, dataset, generation_samples=2, overlay_dir=tmp_path / "ov", overlays=2)
+    tf, gen = report["teacher_forced"], report["generated"]
+    assert "teacher-forced" in tf["note"] and "generated" in gen["note"]
+    assert tf["samples"] == len(dataset) and tf["count"] >= len(dataset)
+    for key in ("amodal_giou", "amodal_ciou", "visible_giou", "visible_ciou", "occlusion_rate_mae",
+                "baseline_visible_as_amodal_giou"):
+        assert 0.0 <= tf[key] <= 1.0, key
+    assert set(tf["amodal_by_bucket"]) == {"<0.1", "0.1-0.3", "0.3-0.5", ">=0.5"}
+    assert set(tf["occluded_0.3"]) == {"count", "amodal_giou", "baseline_visible_as_amodal_giou", "gain"}
+    assert gen["answers"] == 2 and 0.0 <= gen["seg_count_accuracy"] <= 1.0
+    assert len(tf["overlays"]) == 2 and all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in tf["overlays"])
+    json.dumps(report)  # JSON-able
+    table = format_table(report)
+    assert "| method | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU |" in table
+    assert "amodal = predicted visible" in table and ">=0.3" in table
+
+
+# ----------------------------------------------------------------------------- more than one process
+
+
+@pytest.mark.timeout(240)
+def test_two_process_ddp_run(small_data, tmp_path):
+    out = tmp_path / "ddp"
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(small_settings(small_data, out, iterations=2, batch_size=1)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         str(REPO / "training/train.py"), "--config", str(config)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=230,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "total" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["world_size"] == 2 for r in steps)  # rank 0 logs once per step
+    assert (out / "model/model.safetensors").is_file() and (out / "checkpoints/last/trainer_state.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["teacher_forced"]["count"] > 0
