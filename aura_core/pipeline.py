@@ -194,14 +194,15 @@ class AuraPipeline:
         """Answer `question` about `image` (RGB uint8 HxWx3, any size); `history` lists earlier (question, answer)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
+        check_image(image)
         timings: Dict[str, float] = {}
         start = time.perf_counter()
-        with _timed(timings, "vision_backbone"):
-            self.set_image(image)
-        with _timed(timings, "mllm"):
+        with _timed(timings, "mllm"):  # first, so a question too long for the context fails before any SAM work
             generation = self.model.mllm.generate(
                 image, question, history=list(history) if history else None, max_new_tokens=self.max_new_tokens
             )
+        with _timed(timings, "vision_backbone"):
+            self.set_image(image)
         instances = self.segment(generation.seg_hidden, generation.phrases, timings)
         timings["total"] = time.perf_counter() - start
         return AuraResult(

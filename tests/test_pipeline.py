@@ -112,8 +112,10 @@ def test_bad_input_gives_clear_errors(pipeline):
         pipeline.ask(image.tolist(), "what is this?")
     with pytest.raises(ValueError, match="non-empty"):
         pipeline.ask(image, "   ")
+    counting = AuraPipeline(model=pipeline.model, backend=CountingBackend(pipeline.model))
     with pytest.raises(ValueError, match="max_length"):
-        pipeline.ask(image, "what is behind the cup? " * 200)
+        counting.ask(image, "what is behind the cup? " * 200)
+    assert counting.backend.encodes == 0  # rejected before any SAM work
     with pytest.raises(ValueError, match="unknown backend 'onnx'"):
         AuraPipeline._make_backend("onnx", pipeline.model, None, "cpu")
     with pytest.raises(RuntimeError, match="set_image"):
