@@ -155,3 +155,44 @@ def test_checkpoint_bad_input(items, tmp_path):
     (directory / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):
         load_checkpoint(directory)
+
+
+def test_checkpoint_of_a_pretrained_model_keeps_only_what_the_files_do_not_have(items, tmp_path):
+    """Paper-scale path on tiny files: HF-format LLaVA dir + SAM .pth; the checkpoint holds the trained parts only."""
+    from safetensors import safe_open
+    from transformers import LlavaForConditionalGeneration
+
+    from aura_core.model.mllm import _clip_processor, _llava_config
+    from aura_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer, synthetic_corpus
+
+    tok = build_word_tokenizer(synthetic_corpus(scenes=20), with_aura_tokens=False)
+    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    torch.manual_seed(0)
+    llava = LlavaForConditionalGeneration(_llava_config(TINY.mllm, tok, tok.convert_tokens_to_ids(IMAGE_TOKEN)))
+    llava.save_pretrained(tmp_path / "llava")
+    tok.save_pretrained(tmp_path / "llava")
+    _clip_processor(TINY.mllm.vision_image_size).save_pretrained(tmp_path / "llava")
+    sam = write_tiny_sam_pth(tmp_path / "sam.pth", TINY)
+    config = dataclasses.replace(
+        TINY,
+        mllm=dataclasses.replace(TINY.mllm, pretrained_path=str(tmp_path / "llava")),
+        vision=dataclasses.replace(TINY.vision, checkpoint=str(sam)),
+    )
+    model = _model(config)
+    batch = collate(items[:2])
+    optimiser = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-2)
+    for _ in range(2):  # move every trained part away from its pretrained / initial value
+        optimiser.zero_grad()
+        aura_losses(model(batch), batch, config.loss)["total"].backward()
+        optimiser.step()
+    model.eval()
+    save_checkpoint(model, tmp_path / "ckpt")
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    trainable = {n for n, _ in model.trainable_parameters()}
+    assert not any(k.startswith("vision_backbone.") or "vision_tower" in k for k in saved)
+    assert {k for k in saved if k.startswith("mllm.")} == {k for k in trainable if k.startswith("mllm.")}
+    assert trainable <= saved
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    for a, b in zip(_outputs(model, batch), _outputs(loaded, batch)):
+        assert torch.equal(a, b)
