@@ -32,6 +32,7 @@ def small_settings(data_dir: Path, output_dir: Path, **extra: Any) -> Dict[str, 
         "overlays": 0,
         "final_eval_generation": False,
         "threads": 1,
+        "num_workers": 0,
     }
     settings.update(extra)
     return settings

@@ -32,13 +32,15 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as `python training/pretrain_backbone.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aura_core.data.synthetic import generate_scene
+from aura_core.data.synthetic import CATEGORIES, generate_scene
 from aura_core.data.transforms import preprocess_image
 from aura_core.model.config import AuraConfig, get_config
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.pretrain_backbone")
 
+SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")  # what a segment-anything .pth holds
+NUM_CATEGORIES = len(CATEGORIES)
 PRETEXT_SEED_KEY = 7919  # keeps pretext scenes disjoint from aura-synth's (seed, split, index) streams
 VISIBLE_TOKEN, AMODAL_TOKEN = 0, 1
 
@@ -46,8 +48,9 @@ VISIBLE_TOKEN, AMODAL_TOKEN = 0, 1
 class TinySam(nn.Module):
     """segment_anything's three parts at the sizes of an AuraConfig; state-dict keys match SAM's .pth files."""
 
-    def __init__(self, *, config: AuraConfig) -> None:
+    def __init__(self, *, config: AuraConfig, prompt: str = "category") -> None:
         super().__init__()
+        self.prompt = prompt
         vision, dec = config.vision, config.mask_decoder
         grid = vision.image_size // vision.patch_size
         self.image_encoder = ImageEncoderViT(
@@ -83,15 +86,24 @@ class TinySam(nn.Module):
             iou_head_hidden_dim=dec.iou_head_hidden_dim,
         )
 
-    def forward(self, sam_images: torch.Tensor, points: List[torch.Tensor]) -> List[torch.Tensor]:
-        """sam_images (B, 3, S, S); points[b] (K_b, 2) xy in input pixels -> per image (K_b, 2, S/4, S/4) logits
-        (visible, amodal)."""
+        # Pretext-only prompt: one learned token per object category (not shipped; AURA's e_r takes its place).
+        self.category_embed = nn.Embedding(NUM_CATEGORIES + 1, dec.prompt_embed_dim)
+
+    def forward(self, sam_images: torch.Tensor, points: List[torch.Tensor], categories: List[torch.Tensor]) -> List[torch.Tensor]:
+        """sam_images (B, 3, S, S); points[b] (K_b, 2) xy in input pixels or, when `self.prompt` is "category",
+        categories[b] (K_b,) ids -> per image (K_b, 2, S/4, S/4) logits (visible, amodal)."""
         embeddings = self.image_encoder(sam_images)  # (B, C, S/16, S/16)
         dense_pe = self.prompt_encoder.get_dense_pe()
         out = []
-        for b, pts in enumerate(points):
-            labels = torch.ones(pts.shape[0], 1, dtype=torch.int64, device=pts.device)
-            sparse, dense = self.prompt_encoder(points=(pts[:, None, :], labels), boxes=None, masks=None)
+        for b, (pts, cats) in enumerate(zip(points, categories)):
+            if self.prompt == "category":
+                # Like AURA's e_r: a single sparse token, with SAM's dense "no mask" embedding.
+                sparse = self.category_embed(cats)[:, None, :]  # (K, 1, C)
+                grid = embeddings.shape[-2:]
+                dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(cats), -1, *grid)
+            else:
+                labels = torch.ones(pts.shape[0], 1, dtype=torch.int64, device=pts.device)
+                sparse, dense = self.prompt_encoder(points=(pts[:, None, :], labels), boxes=None, masks=None)
             masks, _ = self.mask_decoder.predict_masks(
                 image_embeddings=embeddings[b : b + 1],
                 image_pe=dense_pe,
@@ -121,7 +133,7 @@ class PretextScenes(IterableDataset):
         scene = generate_scene(rng, self.size)
         sam_image, _ = preprocess_image(scene.image, self.size)
         chosen = rng.permutation(len(scene.objects))[: self.max_objects]
-        points, visible, amodal, rates = [], [], [], []
+        points, visible, amodal, rates, categories = [], [], [], [], []
         for i in chosen:
             obj = scene.objects[int(i)]
             ys, xs = np.nonzero(obj.visible)
@@ -130,17 +142,19 @@ class PretextScenes(IterableDataset):
             visible.append(obj.visible)
             amodal.append(obj.amodal)
             rates.append(obj.occlusion_rate)
+            categories.append(obj.category_id)
         return (
             sam_image,
             torch.tensor(points, dtype=torch.float32),
             torch.from_numpy(np.stack(visible)),
             torch.from_numpy(np.stack(amodal)),
             torch.tensor(rates, dtype=torch.float32),
+            torch.tensor(categories, dtype=torch.int64),
         )
 
 
 def _collate(items: Sequence[Tuple[torch.Tensor, ...]]) -> Tuple[torch.Tensor, List[torch.Tensor], ...]:
-    return (torch.stack([it[0] for it in items]),) + tuple([it[j] for it in items] for j in range(1, 5))
+    return (torch.stack([it[0] for it in items]),) + tuple([it[j] for it in items] for j in range(1, 6))
 
 
 def _one_thread(_worker: int) -> None:
@@ -177,8 +191,8 @@ def evaluate(model: TinySam, batches: Sequence[Tuple], size: int) -> Dict[str, f
     """Visible/amodal IoU on held-out scenes, and the 'amodal = predicted visible' baseline on objects occluded >= 0.3."""
     model.eval()
     vis, amo, base, amo_occ, base_occ = [], [], [], [], []
-    for sam_images, points, visible, amodal, rates in batches:
-        for logits, v, a, r in zip(model(sam_images, points), visible, amodal, rates):
+    for sam_images, points, visible, amodal, rates, categories in batches:
+        for logits, v, a, r in zip(model(sam_images, points, categories), visible, amodal, rates):
             full = _upsample(logits, size) > 0
             iou_v, iou_a, iou_b = _iou(full[:, 0], v), _iou(full[:, 1], a), _iou(full[:, 0], a)
             vis.append(iou_v)
@@ -194,13 +208,16 @@ def evaluate(model: TinySam, batches: Sequence[Tuple], size: int) -> Dict[str, f
 
 def sam_state_dict(model: TinySam, dtype: torch.dtype = torch.float16) -> Dict[str, torch.Tensor]:
     """The weights under SAM's key names, cast to `dtype` (fp16 keeps the shipped file small)."""
-    return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items() if k.startswith(SAM_PARTS)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="aura_core model config whose vision/mask-decoder sizes to use")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--prompt", choices=("category", "point"), default="category",
+                        help="pretext prompt: a learned per-category token (one sparse token, like AURA's e_r) or a point")
+    parser.add_argument("--init", type=Path, default=None, help="warm start from a state.pt of an earlier pretext run")
     parser.add_argument("--batch-size", type=int, default=8, help="scenes per step")
     parser.add_argument("--objects", type=int, default=4, help="prompted objects per scene")
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -218,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(args.seed)
     config = get_config(args.model)
     size = config.vision.image_size
-    model = TinySam(config=config)
+    model = TinySam(config=config, prompt=args.prompt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     state_file = args.work_dir / "state.pt"
@@ -229,6 +246,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         LOG.info("resumed pretraining at step %d from %s", start, state_file)
+    elif args.init is not None:
+        missing, _ = model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"], strict=False)
+        LOG.info("warm start from %s (new: %s)", args.init, missing)
 
     held_out = PretextScenes(seed=args.seed + 1, size=size, max_objects=args.objects, start=0, stop=64)
     eval_batches = list(DataLoader(held_out, batch_size=16, collate_fn=_collate))
@@ -239,14 +259,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar = tqdm(total=args.steps, initial=start, desc="pretrain tiny SAM", dynamic_ncols=True)
     step, t0 = start, time.time()
     metrics: Dict[str, float] = {}
-    for sam_images, points, visible, amodal, _ in loader:
+    for sam_images, points, visible, amodal, _, categories in loader:
         if step >= args.steps:
             break
         lr = warmup_decay_lr(step, base_lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         losses = []
-        for logits, v, a in zip(model(sam_images, points), visible, amodal):
+        for logits, v, a in zip(model(sam_images, points, categories), visible, amodal):
             # Loss at the decoder's S/4 resolution against area-averaged targets: 16x cheaper than at full size.
             low = logits.shape[-1]
             losses.append(mask_loss(logits[:, 0], _downsample(v, low)) + mask_loss(logits[:, 1], _downsample(a, low)))
@@ -267,7 +287,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             torch.save(sam_state_dict(model), args.out)
             meta = {"model": args.model, "steps": step, "batch_size": args.batch_size, "objects_per_scene": args.objects,
-                    "lr": args.lr, "seed": args.seed, "held_out": metrics, "pretext": "point on visible part -> visible (token 0) "
+                    "lr": args.lr, "seed": args.seed, "held_out": metrics, "prompt": args.prompt, "init": str(args.init),
+                    "pretext": "prompt (category token or point on the visible part) -> visible (token 0) "
                     "and amodal (token 1) masks, synthetic scenes disjoint from aura-synth's"}
             args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if step % 10 == 0 or "visible_iou" in record:

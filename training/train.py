@@ -150,7 +150,7 @@ def run_evaluation(model: torch.nn.Module, dataset: AmodalReasonSegDataset, conf
     report = evaluate(
         unwrap(model),
         dataset,
-        max_samples=0 if final else config.eval_samples,
+        max_samples=config.final_eval_samples if final else config.eval_samples,
         generation_samples=100 if (final and config.final_eval_generation) else 0,
         overlay_dir=out / "overlays" / f"step{step:06d}",
         overlays=config.overlays,

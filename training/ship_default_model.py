@@ -1,0 +1,59 @@
+"""Copy a trained checkpoint into the package as the embedded default model (fp16 safetensors, self-contained).
+
+AuraPipeline.from_pretrained(None), the ROS node and the bag runner load aura_core/assets/default_model when no
+checkpoint is given. Remake it with:
+
+    python training/train.py && python training/ship_default_model.py runs/default/model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aura_core.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from aura_core.pipeline import DEFAULT_MODEL_DIR
+
+LOG = logging.getLogger("aura.ship_default_model")
+
+
+def ship(source: Path, target: Path = DEFAULT_MODEL_DIR, metrics: Optional[Path] = None) -> Path:
+    """Write `source` (a checkpoint directory) to `target` in fp16 with the vision backbone included."""
+    meta = read_metadata(source)
+    model = load_checkpoint(source)
+    extra = dict(meta.get("extra") or {})
+    extra["shipped_from"] = str(source)
+    if metrics is not None and metrics.is_file():
+        extra["evaluation"] = json.loads(metrics.read_text(encoding="utf-8")).get("teacher_forced")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp, extra=extra, dtype=torch.float16, include_vision_backbone=True)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    LOG.info("embedded default model: %s (%.1f MB)", target, size / 1e6)
+    return target
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="checkpoint directory, e.g. runs/default/model")
+    parser.add_argument("--metrics", type=Path, default=None, help="metrics.json to record (default: next to the checkpoint)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ship(args.checkpoint, args.out, args.metrics or args.checkpoint.parent / "metrics.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
