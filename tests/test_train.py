@@ -21,7 +21,10 @@ from training.evaluate import evaluate, format_table
 from training.schedule import warmup_decay_lr
 from training.train import main as train_main
 from training.train import train, train_step
+from training.ship_default_model import ship
 from training.trainer_state import ResumeError
+from aura_core.pipeline import AuraPipeline
+from benchmarks.ablation import VARIANTS, summarise, to_markdown, variant_config
 
 from tests.train_fixtures import SMALL_MODEL, _one_thread, small_data, small_settings  # noqa: F401 (fixtures)
 
@@ -120,6 +123,10 @@ def test_gradient_accumulation_matches_the_full_batch(small_data, tmp_path):
 # ----------------------------------------------------------------------------- resume, evaluation
 
 
+def dataset_image(root: Path):
+    return AmodalReasonSegDataset(root, "val", image_size=64)[0]["image"]
+
+
 def _losses(run_dir: Path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["total"] for r in records if "total" in r}
@@ -139,6 +146,12 @@ def test_resume_equals_uninterrupted_and_checks_the_config(small_data, tmp_path)
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
     assert resumed["teacher_forced"]["amodal_giou"] == pytest.approx(straight["teacher_forced"]["amodal_giou"], abs=1e-3)
+
+    # The final model ships as a self-contained fp16 default model that the pipeline loads.
+    shipped = ship(tmp_path / "straight/model", tmp_path / "default_model", tmp_path / "straight/metrics.json")
+    assert json.loads((shipped / "config.json").read_text())["saved_dtype"] == "float16"
+    result = AuraPipeline.from_pretrained(shipped, max_new_tokens=4).ask(dataset_image(small_data), "What can I cut with?")
+    assert result.image_size == (64, 64)
 
     # Another config on resume: refused before any training, naming the difference.
     with pytest.raises(ResumeError, match="lr: checkpoint 0.001 vs now 0.0005"):
@@ -189,3 +202,16 @@ def test_two_process_ddp_run(small_data, tmp_path):
     assert [r["step"] for r in steps] == [1, 2] and all(r["world_size"] == 2 for r in steps)  # rank 0 logs once per step
     assert (out / "model/model.safetensors").is_file() and (out / "checkpoints/last/trainer_state.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["teacher_forced"]["count"] > 0
+
+
+def test_ablation_variants_and_table(tmp_path):
+    configs = [variant_config({"iterations": 5, "warmup_iterations": 1}, name, 3, tmp_path) for name in VARIANTS]
+    switches = {(c.model_config().use_occlusion_condition_encoder, c.model_config().use_spatial_occlusion_encoder) for c in configs}
+    assert switches == {(False, False), (True, False), (False, True), (True, True)}
+    assert all(c.seed == 3 and c.iterations == 5 and c.model_config().vision.checkpoint == "tiny_sam_vit.pth" for c in configs)
+    runs = {"AURA (both)": [{"amodal_giou": 0.5, "amodal_ciou": 0.4, "visible_giou": 0.6, "visible_ciou": 0.7, "occluded_gain": 0.1},
+                            {"amodal_giou": 0.7, "amodal_ciou": 0.6, "visible_giou": 0.6, "visible_ciou": 0.7, "occluded_gain": 0.3}]}
+    table = summarise(runs)
+    assert table["AURA (both)"]["amodal_giou"]["mean"] == pytest.approx(0.6)
+    assert table["AURA (both)"]["amodal_giou"]["std"] == pytest.approx(0.1)
+    assert "| AURA (both) | 60.00 ± 10.00 [50.0-70.0] |" in to_markdown(table, "test budget")
