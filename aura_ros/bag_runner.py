@@ -4,7 +4,7 @@ Camera, query and speech topics in; a bag with the node's output topics out (mca
 stored so `ros2 bag`, Foxglove or rosbags can decode aura_ros/msg/*). Answers are computed in place, so the output
 depends only on the input bag: each output is stamped (bag time) with the message that triggered it.
 
-    aura-bag --input in_bag --output out_bag --checkpoint runs/default/checkpoint
+    aura-bag --input in_bag --output out_bag --checkpoint runs/default/model
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Export a checkpoint's SAM-side graphs to ONNX (and optionally TensorRT engines) for the fast backends.
 
-    python training/export.py --checkpoint runs/default/checkpoint --out runs/default/checkpoint/onnx
+    python training/export.py --checkpoint runs/default/model --out runs/default/model/onnx
     python training/export.py --checkpoint CKPT --out DIR --format tensorrt --fp16   # on a CUDA machine with TensorRT
 
 Writes image_encoder.onnx, visible_branch.onnx, amodal_branch.onnx (+ .onnx.data for graphs over 2 GB) and
