@@ -1,6 +1,6 @@
 """Table 2 ablation on the synthetic set: the four variants (E_OC / E_SO on or off), same budget and seeds.
 
-    python benchmarks/ablation.py [--iterations N] [--seeds 0 1] [--eval-samples 200]
+    python benchmarks/ablation.py [--iterations N] [--seeds 0 1] [--eval-samples 200] [--jobs 2]
 
 Each run is `training.train.train` with the default tiny settings and only the two switches changed; the
 teacher-forced validation metrics are gathered into benchmarks/results/ablation.{md,json} as mean ± standard
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import time
@@ -43,6 +44,17 @@ def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -
     slug = f"oc{int(use_oc)}-so{int(use_so)}-seed{seed}"
     overrides.update({"seed": seed, "output_dir": str(out_root / slug)})
     return load_train_config(None, overrides)
+
+
+def run_one(base: Dict[str, Any], name: str, seed: int, runs_dir: Path) -> Dict[str, float]:
+    """Train one variant with one seed; its teacher-forced validation scores and the time it took."""
+    t0 = time.time()
+    report = train(variant_config(base, name, seed, runs_dir))
+    tf = report["teacher_forced"]
+    row = {m: tf[m] for m in METRICS}
+    row["occluded_gain"] = tf["occluded_0.3"]["gain"]
+    row.update({"seed": seed, "seconds": time.time() - t0})
+    return row
 
 
 def summarise(results: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -79,7 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablation"), help="writes <this>.md and .json")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes)")
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("give at least two seeds, so the spread can be reported")
@@ -89,18 +102,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "final_eval_generation": False, "final_eval_samples": args.eval_samples, "threads": args.threads}
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in args.variants}
     started = time.time()
-    for seed in args.seeds:
-        for name in args.variants:
-            t0 = time.time()
-            report = train(variant_config(base, name, seed, args.runs_dir))
-            tf = report["teacher_forced"]
-            row = {m: tf[m] for m in METRICS}
-            row["occluded_gain"] = tf["occluded_0.3"]["gain"]
-            row.update({"seed": seed, "seconds": time.time() - t0})
-            results[name].append(row)
-            LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items()})
+    grid = [(base, name, seed, args.runs_dir) for seed in args.seeds for name in args.variants]
+    if args.jobs > 1:  # independent runs in separate processes (one thread each suits a small CPU best)
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            rows = pool.starmap(run_one, grid)
+    else:
+        rows = [run_one(*job) for job in grid]
+    for (_, name, seed, _), row in zip(grid, rows):
+        results[name].append(row)
+        LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items()})
     table = summarise(results)
-    budget = (f"{args.iterations} iterations x batch {TrainConfig().batch_size} per run, seeds {args.seeds}, "
+    budget = (f"{args.iterations} iterations x batch {TrainConfig().batch_size} per run, seeds {args.seeds}, {args.jobs} parallel job(s), "
               f"{args.eval_samples or 'all'} val QA pairs, {(time.time() - started) / 60:.0f} min in total")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".json").write_text(json.dumps({"budget": budget, "runs": results, "summary": table}, indent=2) + "\n")

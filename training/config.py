@@ -43,7 +43,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     # Optimiser and schedule (paper Sec. 5.1: AdamW, lr 1e-3, 100 warm-up its, linear decay to 0, 5000 its).
-    iterations: int = 800  # optimiser steps
+    iterations: int = 1500  # optimiser steps
     warmup_iterations: int = 50
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -54,12 +54,12 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     # What a person sees.
     log_every: int = 10  # optimiser steps between JSONL records
-    eval_every: int = 200  # optimiser steps between evaluations (0: only at the end)
+    eval_every: int = 500  # optimiser steps between evaluations (0: only at the end)
     eval_samples: int = 100  # validation QA pairs per intermediate evaluation (0: all)
     final_eval_samples: int = 0  # validation QA pairs in the final evaluation (0: all)
     final_eval_generation: bool = True  # also score generated answers at the end
     overlays: int = 8  # validation samples drawn as PNG after each evaluation
-    checkpoint_every: int = 200  # optimiser steps between checkpoints of output_dir/checkpoints/last (0: only at the end)
+    checkpoint_every: int = 500  # optimiser steps between checkpoints of output_dir/checkpoints/last (0: only at the end)
     num_workers: int = 1  # DataLoader workers per process (decoding PNG/RLE next to the training thread)
     threads: int = 1  # torch CPU threads per process (0: torch's default; >1 thrashes on a busy 2-core CPU)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
