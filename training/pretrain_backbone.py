@@ -2,12 +2,17 @@
 
 The paper builds on a pretrained, frozen SAM ViT-H. No such weights exist for the tiny config, and a randomly
 initialised frozen encoder learns clearly less, so this script makes a tiny stand-in: promptable segmentation on
-synthetic scenes (a point on an object's visible part -> its visible mask on SAM's mask token 0 and its amodal
-mask on token 1), drawn from a seed range disjoint from the synthetic train/val sets. The result is written as a
-segment-anything-format `.pth` (fp16, `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`) that
-VisionBackboneConfig.checkpoint loads exactly like SAM's files.
+synthetic scenes drawn from a seed range disjoint from the synthetic train/val sets. The prompt is either a learned
+token per object category (default; one sparse token, as AURA's e_r will be) or a point on the object's visible part;
+the decoder answers with the visible mask on SAM's mask token 0 and the amodal mask on token 1. The result is written
+as a segment-anything-format `.pth` (fp16, `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`; the category table
+is pretext-only and not saved) that VisionBackboneConfig.checkpoint loads exactly like SAM's files.
 
-    python training/pretrain_backbone.py --steps 3000 --out aura_core/assets/tiny_sam_vit.pth
+The shipped aura_core/assets/tiny_sam_vit.pth (history in its .json sidecar) was made in two stages:
+
+    python training/pretrain_backbone.py --prompt point --steps 1500 --threads 1 --work-dir runs/pretrain_point --out /tmp/point.pth
+    python training/pretrain_backbone.py --prompt category --init runs/pretrain_point/state.pt --steps 1500 --warmup 100 \
+        --threads 1 --work-dir runs/pretrain_category --out aura_core/assets/tiny_sam_vit.pth
 """
 from __future__ import annotations
 
