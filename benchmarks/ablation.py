@@ -100,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else min(TrainConfig().warmup_iterations, args.iterations // 5)
     base = {"iterations": args.iterations, "warmup_iterations": warmup, "eval_every": 0, "checkpoint_every": 0, "overlays": 0,
             "final_eval_generation": False, "final_eval_samples": args.eval_samples, "threads": args.threads}
+    if args.jobs > 1:
+        base["num_workers"] = 0  # pool processes are daemonic and cannot start DataLoader workers
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in args.variants}
     started = time.time()
     grid = [(base, name, seed, args.runs_dir) for seed in args.seeds for name in args.variants]
