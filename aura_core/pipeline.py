@@ -70,23 +70,29 @@ class TorchSamBackend:
         return self.model.decode_amodal(image_embedding, e_r)
 
 
-# A backend factory: (model, checkpoint directory or None, device) -> SamBackend.
-BackendFactory = Callable[[AuraModel, Optional[Path], str], SamBackend]
+# A backend factory: (model, checkpoint directory or None, device, export directory or None) -> SamBackend.
+BackendFactory = Callable[[AuraModel, Optional[Path], str, Optional[Path]], SamBackend]
 
 
 def _export_backend(name: str) -> BackendFactory:
     """Factory for an aura_core.export backend, imported on first use (onnxruntime/tensorrt stay optional)."""
 
-    def factory(model: AuraModel, directory: Optional[Path], device: str) -> SamBackend:
+    def factory(model: AuraModel, directory: Optional[Path], device: str, export_dir: Optional[Path]) -> SamBackend:
         from aura_core.export.backends import open_backend
 
-        return open_backend(name, model, directory, device)
+        return open_backend(name, model, directory, device, export_dir=export_dir)
 
     return factory
 
 
+def _torch_backend(model: AuraModel, directory: Optional[Path], device: str, export_dir: Optional[Path]) -> SamBackend:
+    if export_dir is not None:
+        raise ValueError(f"export_dir={export_dir} is for the onnxruntime/tensorrt backends, not torch")
+    return TorchSamBackend(model)
+
+
 BACKENDS: Dict[str, BackendFactory] = {
-    "torch": lambda model, directory, device: TorchSamBackend(model),
+    "torch": _torch_backend,
     "onnxruntime": _export_backend("onnxruntime"),
     "tensorrt": _export_backend("tensorrt"),
 }
@@ -134,10 +140,15 @@ class AuraPipeline:
         *,
         device: str = "cpu",
         backend: Union[str, SamBackend] = "torch",
+        export_dir: Optional[Union[str, Path]] = None,
         mask_threshold: float = 0.0,
         max_new_tokens: int = 64,
     ) -> "AuraPipeline":
-        """Load a checkpoint directory (None: the embedded default model shipped in aura_core/assets)."""
+        """Load a checkpoint directory (None: the embedded default model shipped in aura_core/assets).
+
+        `export_dir`: for the onnxruntime/tensorrt backends, an export of this checkpoint made elsewhere
+        (default: `<directory>/onnx`, else exported once into the cache).
+        """
         if directory is None:
             directory = DEFAULT_MODEL_DIR
             if not (directory / "config.json").is_file():
@@ -147,7 +158,9 @@ class AuraPipeline:
         model = load_checkpoint(directory, device=device)
         return cls(
             model=model,
-            backend=cls._make_backend(backend, model, Path(directory), device),
+            backend=cls._make_backend(
+                backend, model, Path(directory), device, Path(export_dir) if export_dir is not None else None
+            ),
             mask_threshold=mask_threshold,
             max_new_tokens=max_new_tokens,
         )
@@ -169,13 +182,17 @@ class AuraPipeline:
 
     @staticmethod
     def _make_backend(
-        backend: Union[str, SamBackend], model: AuraModel, directory: Optional[Path], device: str
+        backend: Union[str, SamBackend],
+        model: AuraModel,
+        directory: Optional[Path],
+        device: str,
+        export_dir: Optional[Path] = None,
     ) -> SamBackend:
         if not isinstance(backend, str):
             return backend
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}' (known: {', '.join(sorted(BACKENDS))})")
-        return BACKENDS[backend](model, directory, device)
+        return BACKENDS[backend](model, directory, device, export_dir)
 
     # --- image embedding cache -------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> bool:

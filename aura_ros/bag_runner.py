@@ -28,7 +28,7 @@ from aura_ros.core import (
     VISIBLE_LABELS,
     AuraResponder,
 )
-from aura_ros.params import AuraParameters, ParameterError
+from aura_ros.params import AuraParameters
 
 LOG = logging.getLogger(__name__)
 
@@ -63,17 +63,9 @@ def load_pipeline(params: AuraParameters) -> Any:
     options = dict(device=params.device, mask_threshold=params.mask_threshold, max_new_tokens=params.max_new_tokens)
     if params.model_config:
         return aura_pipeline.AuraPipeline.from_config(params.model_config, seed=params.seed, **options)
-    if not params.engine_dir:
-        return aura_pipeline.AuraPipeline.from_pretrained(params.checkpoint or None, backend=params.backend, **options)
-    from aura_core.model.checkpoint import load_checkpoint
-
-    if params.backend not in aura_pipeline.BACKENDS:
-        raise ParameterError("backend", f"{params.backend!r} has no registered implementation "
-                                        f"(known: {sorted(aura_pipeline.BACKENDS)})")
-    model = load_checkpoint(params.checkpoint or aura_pipeline.DEFAULT_MODEL_DIR, device=params.device)
-    backend = aura_pipeline.BACKENDS[params.backend](model, Path(params.engine_dir), params.device)
-    return aura_pipeline.AuraPipeline(model=model, backend=backend, mask_threshold=params.mask_threshold,
-                                      max_new_tokens=params.max_new_tokens)
+    return aura_pipeline.AuraPipeline.from_pretrained(
+        params.checkpoint or None, backend=params.backend, export_dir=params.engine_dir or None, **options
+    )
 
 
 def check_paths(input_bag: Path, output_bag: Path) -> None:

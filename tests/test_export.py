@@ -193,3 +193,19 @@ def test_cli_writes_export(exported, tmp_path, capsys):
     assert "manifest:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         export_cli.parse_args(["--checkpoint", "x", "--out", "y", "--fp16"])  # fp16 is a TensorRT option
+
+
+def test_export_dir_elsewhere_serves_the_pipeline_and_the_node_parameters(exported, tmp_path):
+    """An export kept outside the checkpoint (the node's engine_dir) is used as given; torch refuses one."""
+    import shutil
+
+    from aura_ros.bag_runner import load_pipeline
+    from aura_ros.params import AuraParameters
+
+    checkpoint, export_dir, _ = exported
+    elsewhere = tmp_path / "engines"
+    shutil.copytree(export_dir, elsewhere)
+    pipe = load_pipeline(AuraParameters(checkpoint=str(checkpoint), backend="onnxruntime", engine_dir=str(elsewhere)))
+    assert isinstance(pipe.backend, OnnxRuntimeSamBackend) and pipe.backend.export_dir == elsewhere
+    with pytest.raises(ValueError, match="export_dir"):
+        AuraPipeline.from_pretrained(checkpoint, export_dir=elsewhere)
