@@ -1,16 +1,16 @@
 """Helpers for the model tests: tiny SAM-format .pth files and AuraOutputs built from plain tensors."""
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from torch import nn
+from segment_anything.modeling import PromptEncoder, Sam
 
 from aura_core.model.config import AuraConfig
+from aura_core.model.mask_decoder import build_sam_mask_decoder
+from aura_core.model.vision_backbone import build_sam_image_encoder
 
 
 @pytest.fixture(autouse=True)
@@ -28,38 +28,14 @@ def write_tiny_sam_pth(path: Path, config: AuraConfig, *, backbone_only: bool = 
     vis, dec = config.vision, config.mask_decoder
     grid = vis.image_size // vis.patch_size
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=vis.image_size,
-            patch_size=vis.patch_size,
-            embed_dim=vis.embed_dim,
-            depth=vis.depth,
-            num_heads=vis.num_heads,
-            mlp_ratio=4,
-            out_chans=dec.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            global_attn_indexes=vis.global_attn_indexes,
-            window_size=vis.window_size,
-        ),
+        image_encoder=build_sam_image_encoder(vis, dec.prompt_embed_dim),
         prompt_encoder=PromptEncoder(
             embed_dim=dec.prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(vis.image_size, vis.image_size),
             mask_in_chans=16,
         ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=dec.transformer_depth,
-                embedding_dim=dec.prompt_embed_dim,
-                mlp_dim=dec.transformer_mlp_dim,
-                num_heads=dec.transformer_heads,
-            ),
-            transformer_dim=dec.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-        ),
+        mask_decoder=build_sam_mask_decoder(dec),
     )
     state = sam.state_dict()
     if backbone_only:

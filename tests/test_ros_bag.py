@@ -1,5 +1,4 @@
 """aura-bag end to end: a bag written here from synthetic scenes and queries -> the runner -> an output bag."""
-from pathlib import Path
 
 import numpy as np
 import pytest

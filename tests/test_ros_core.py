@@ -1,9 +1,7 @@
 """AuraResponder (the node's and bag runner's shared logic) and AuraParameters validation, without ROS."""
 import logging
-import threading
 import time
 
-import numpy as np
 import pytest
 
 from aura_ros import core, interfaces

@@ -13,7 +13,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from aura_core.model.config import AuraConfig, ConfigError, get_config
+from aura_core.model.config import (
+    AuraConfig,
+    ConfigError,
+    dataclass_from_mapping,
+    get_config,
+    json_ready,
+    merge_nested,
+)
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "aura_core" / "assets"  # relative model paths resolve here first
 TINY_BACKBONE = "tiny_sam_vit.pth"  # pretrained tiny SAM (training/pretrain_backbone.py), shipped like SAM's .pth
@@ -69,6 +76,7 @@ class TrainConfig:
             "iterations": self.iterations >= 1,
             "warmup_iterations": 0 <= self.warmup_iterations < self.iterations,
             "lr": self.lr > 0,
+            "betas": len(self.betas) == 2,
             "batch_size": self.batch_size >= 1,
             "grad_accumulation": self.grad_accumulation >= 1,
             "grad_clip": self.grad_clip >= 0,
@@ -79,74 +87,16 @@ class TrainConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+            raise ConfigError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
 
     def model_config(self) -> AuraConfig:
         """The AuraConfig this run trains (registry entry + overrides)."""
         return get_config(self.model, self.model_overrides)
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _from_mapping(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    defaults = cls()
-    kwargs: Dict[str, Any] = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown training config key '{path}' (known: {', '.join(sorted(fields))})")
-        default = getattr(defaults, key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _from_mapping(type(default), value, path, source)
-        elif isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)) or len(value) != len(default):
-                raise ConfigError(f"{source}: '{path}' expects a list of {len(default)} values, got {value!r}")
-            kwargs[key] = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source}: '{path}' expects true/false, got {value!r}")
-            kwargs[key] = value
-        elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
-            kwargs[key] = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int) and not isinstance(value, int)):
-                raise ConfigError(f"{source}: '{path}' expects a {type(default).__name__}, got {value!r}")
-            kwargs[key] = type(default)(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
 def train_config_to_dict(config: TrainConfig) -> Dict[str, Any]:
     """JSON/YAML-ready dict (tuples become lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
-def _merge(base: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return json_ready(dataclasses.asdict(config))
 
 
 def parse_set_overrides(items: Sequence[str]) -> Dict[str, Any]:
@@ -188,9 +138,9 @@ def load_train_config(path: Optional[os.PathLike] = None, overrides: Optional[Ma
         values = loaded
         source = str(file)
     if overrides:
-        values = _merge(values, overrides)
+        values = merge_nested(values, overrides)
         source = f"{source} + command-line flags" if path is not None else "command-line flags"
-    config = _from_mapping(TrainConfig, values, "", source)
+    config = dataclass_from_mapping(TrainConfig, values, source=source)
     try:
         config.model_config()  # unknown model name or model key -> error now, before any data work
     except ConfigError as err:

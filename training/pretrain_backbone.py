@@ -22,14 +22,13 @@ import logging
 import math
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import PromptEncoder
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
@@ -40,6 +39,8 @@ if __package__ in (None, ""):  # run as `python training/pretrain_backbone.py`: 
 from aura_core.data.synthetic import CATEGORIES, generate_scene
 from aura_core.data.transforms import preprocess_image
 from aura_core.model.config import AuraConfig, get_config
+from aura_core.model.mask_decoder import build_sam_mask_decoder
+from aura_core.model.vision_backbone import build_sam_image_encoder
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.pretrain_backbone")
@@ -58,38 +59,14 @@ class TinySam(nn.Module):
         self.prompt = prompt
         vision, dec = config.vision, config.mask_decoder
         grid = vision.image_size // vision.patch_size
-        self.image_encoder = ImageEncoderViT(
-            img_size=vision.image_size,
-            patch_size=vision.patch_size,
-            embed_dim=vision.embed_dim,
-            depth=vision.depth,
-            num_heads=vision.num_heads,
-            mlp_ratio=4.0,
-            out_chans=dec.prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            global_attn_indexes=tuple(vision.global_attn_indexes),
-            window_size=vision.window_size,
-        )
+        self.image_encoder = build_sam_image_encoder(vision, dec.prompt_embed_dim)
         self.prompt_encoder = PromptEncoder(
             embed_dim=dec.prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(vision.image_size, vision.image_size),
             mask_in_chans=16,
         )
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=dec.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=dec.transformer_depth,
-                embedding_dim=dec.prompt_embed_dim,
-                num_heads=dec.transformer_heads,
-                mlp_dim=dec.transformer_mlp_dim,
-            ),
-            num_multimask_outputs=dec.num_multimask_outputs,
-            iou_head_depth=dec.iou_head_depth,
-            iou_head_hidden_dim=dec.iou_head_hidden_dim,
-        )
+        self.mask_decoder = build_sam_mask_decoder(dec)
 
         # Pretext-only prompt: one learned token per object category (not shipped; AURA's e_r takes its place).
         self.category_embed = nn.Embedding(NUM_CATEGORIES + 1, dec.prompt_embed_dim)

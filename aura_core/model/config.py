@@ -159,33 +159,57 @@ class ConfigError(ValueError):
     """A config key that does not exist or a value of the wrong kind."""
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Instantiate a config dataclass from a mapping, recursing into nested config dataclasses."""
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def dataclass_from_mapping(cls: type, values: Mapping[str, Any], *, where: str = "", source: str = "config") -> Any:
+    """Instantiate a config dataclass from a (YAML/JSON) mapping, recursing into nested config dataclasses.
+
+    Every unknown key or value of the wrong kind raises ConfigError naming `source` and the dotted key.
+    """
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    defaults = cls()
     kwargs: Dict[str, Any] = {}
     for key, value in values.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(fields))})")
-        default = getattr(cls(), key) if key in fields else None
+            raise ConfigError(f"{source}: unknown config key '{path}' (known: {', '.join(sorted(fields))})")
+        default = getattr(defaults, key)
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, path)
+            kwargs[key] = dataclass_from_mapping(type(default), value, where=path, source=source)
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"config key '{path}' expects a list, got {value!r}")
+                raise ConfigError(f"{source}: '{path}' expects a list, got {value!r}")
             kwargs[key] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: '{path}' expects true/false, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
+            kwargs[key] = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        elif isinstance(default, (int, float)):
+            wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float))
+            if wrong_kind or (isinstance(default, int) and not isinstance(value, int)):
+                raise ConfigError(f"{source}: '{path}' expects a {type(default).__name__}, got {value!r}")
+            kwargs[key] = type(default)(value)
         else:
             kwargs[key] = value
     return cls(**kwargs)
 
 
-def _merge(base: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+def merge_nested(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """`base` with `overrides` applied key by key, nested mappings merged rather than replaced."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_nested(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -197,6 +221,7 @@ def config_to_dict(config: AuraConfig) -> Dict[str, Any]:
 
 
 def json_ready(value: Any) -> Any:
+    """Nested dicts/lists/tuples with tuples turned into lists, for JSON and YAML."""
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -206,7 +231,7 @@ def json_ready(value: Any) -> Any:
 
 def config_from_dict(values: Mapping[str, Any]) -> AuraConfig:
     """Inverse of `config_to_dict`; an unknown key raises ConfigError naming its dotted path."""
-    return _build(AuraConfig, values, "")
+    return dataclass_from_mapping(AuraConfig, values)
 
 
 def get_config(name: str, overrides: Optional[Mapping[str, Any]] = None) -> AuraConfig:
@@ -214,4 +239,4 @@ def get_config(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Aura
     if name not in CONFIGS:
         raise ConfigError(f"unknown model config '{name}' (known: {', '.join(sorted(CONFIGS))})")
     base = config_to_dict(CONFIGS[name])
-    return config_from_dict(_merge(base, dict(overrides or {})))
+    return config_from_dict(merge_nested(base, dict(overrides or {})))

@@ -23,23 +23,28 @@ LOGGER = logging.getLogger(__name__)
 SAM_MASK_DECODER_PREFIX = "mask_decoder."
 
 
+def build_sam_mask_decoder(config: MaskDecoderConfig) -> SamMaskDecoder:
+    """segment_anything's MaskDecoder (with its TwoWayTransformer) at the config's size."""
+    return SamMaskDecoder(
+        transformer_dim=config.prompt_embed_dim,
+        transformer=TwoWayTransformer(
+            depth=config.transformer_depth,
+            embedding_dim=config.prompt_embed_dim,
+            num_heads=config.transformer_heads,
+            mlp_dim=config.transformer_mlp_dim,
+        ),
+        num_multimask_outputs=config.num_multimask_outputs,
+        iou_head_depth=config.iou_head_depth,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
+
+
 class MaskDecoder(nn.Module):
     """(image embedding, K prompt embeddings) -> K low-resolution mask logits and K scores."""
 
     def __init__(self, *, config: MaskDecoderConfig) -> None:
         super().__init__()
-        self.decoder = SamMaskDecoder(
-            transformer_dim=config.prompt_embed_dim,
-            transformer=TwoWayTransformer(
-                depth=config.transformer_depth,
-                embedding_dim=config.prompt_embed_dim,
-                num_heads=config.transformer_heads,
-                mlp_dim=config.transformer_mlp_dim,
-            ),
-            num_multimask_outputs=config.num_multimask_outputs,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        )
+        self.decoder = build_sam_mask_decoder(config)
         # Unused by the single-mask output and by the losses: frozen, so "trainable" means "gets a gradient".
         self.decoder.output_hypernetworks_mlps[1:].requires_grad_(False)
         self.decoder.iou_prediction_head.requires_grad_(False)

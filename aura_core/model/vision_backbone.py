@@ -65,26 +65,31 @@ def load_prefixed(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: 
     return True
 
 
+def build_sam_image_encoder(config: VisionBackboneConfig, out_channels: int) -> ImageEncoderViT:
+    """segment_anything's ImageEncoderViT at the config's size, with SAM's fixed choices (MLP ratio, rel-pos, eps)."""
+    return ImageEncoderViT(
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=4.0,
+        out_chans=out_channels,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        global_attn_indexes=tuple(config.global_attn_indexes),
+        window_size=config.window_size,
+    )
+
+
 class VisionBackbone(nn.Module):
     """Frozen SAM ImageEncoderViT: (B, 3, S, S) normalised, padded images -> (B, C, S/16, S/16) image embeddings."""
 
     def __init__(self, *, config: VisionBackboneConfig, out_channels: int) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ImageEncoderViT(
-            img_size=config.image_size,
-            patch_size=config.patch_size,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=4.0,
-            out_chans=out_channels,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            global_attn_indexes=tuple(config.global_attn_indexes),
-            window_size=config.window_size,
-        )
+        self.encoder = build_sam_image_encoder(config, out_channels)
         self.requires_grad_(False)
 
     @property
