@@ -29,6 +29,9 @@ setup(
             "aura-synth=aura_core.data.synthetic:main",
             "aura-convert-cocoa=aura_core.data.cocoa:main",
             "aura-bag=aura_ros.bag_runner:main",
+            "aura-train=training.train:main",
+            "aura-evaluate=training.evaluate:main",
+            "aura-export=training.export:main",
         ]
     },
 )
