@@ -1,4 +1,4 @@
-"""Benchmark of the node's request logic with the real AuraPipeline (tiny random-init config by default).
+"""Benchmark of the node's request logic with the real AuraPipeline (the embedded default tiny model by default).
 
 Measures, through aura_ros.core.AuraResponder in threaded mode (what the rclpy node runs; rosbags messages stand in
 for rclpy ones):
@@ -6,7 +6,7 @@ for rclpy ones):
   backbone) and for a frame whose embedding the idle worker already cached (LLM + decoders only);
 - image intake rate (Image messages converted and stored per second) while the worker runs a query, and idle.
 
-    python benchmarks/node.py [--config tiny] [--queries 3] [--max-new-tokens 16] [--width 640 --height 480]
+    python benchmarks/node.py [--config tiny (random init instead)] [--queries 3] [--max-new-tokens 16] [--width 640 --height 480]
 Writes benchmarks/results/node.json and node.md.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def camera_frames(count: int, width: int, height: int, seed: int) -> List[np.nda
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(count):
-        scene = generate_scene(rng, 128).image
+        scene = generate_scene(rng, 256).image
         rows = np.arange(height) * scene.shape[0] // height
         cols = np.arange(width) * scene.shape[1] // width
         frames.append(np.ascontiguousarray(scene[rows][:, cols]))
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "device": "cpu",
         "torch_threads": args.threads,
         "config": args.config,
+        "model": f"random-init config '{args.config}'" if args.config else "the embedded default model (trained tiny)",
         "max_new_tokens": args.max_new_tokens,
         "image_size": [args.height, args.width],
         "model_load_s": round(load_seconds, 2),
@@ -156,12 +157,12 @@ def write(results: Dict[str, Any], directory: Path) -> None:
     lines = [
         "# aura_ros node benchmark",
         "",
-        f"Config `{results['config']}` (random init) on CPU, {results['torch_threads']} torch threads, "
-        f"{results['image_size'][1]}x{results['image_size'][0]} rgb8 frames, max_new_tokens {results['max_new_tokens']} "
-        "(a random-init model never stops early, so every answer is that long). Measured through AuraResponder in "
-        "threaded mode, the logic the rclpy node runs. Produced by `python benchmarks/node.py`. The random-init "
-        f"answers had {results['answer_words']} words and {results['answer_instances']} [SEG]s, so the mask decoders "
-        "barely contribute; a trained model adds them per named object.",
+        f"Model: {results['model']}, on CPU, {results['torch_threads']} torch threads, "
+        f"{results['image_size'][1]}x{results['image_size'][0]} bgr8 frames (synthetic scenes scaled up), "
+        f"max_new_tokens {results['max_new_tokens']}. Measured through AuraResponder in threaded mode, the logic the "
+        "rclpy node runs. Produced by `python benchmarks/node.py`. The last answer had "
+        f"{results['answer_words']} words and {results['answer_instances']} [SEG]s (a random-init model never stops "
+        "early and writes no [SEG], so its latency is all LLM).",
         "",
         "| measure | value |",
         "|---|---|",
@@ -180,7 +181,7 @@ def write(results: Dict[str, Any], directory: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--config", default="", help="a random-init config name instead of the embedded default model")
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--width", type=int, default=640)
