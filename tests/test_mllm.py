@@ -23,6 +23,7 @@ from aura_core.model.tokenizer import (
     seg_phrases,
     synthetic_corpus,
 )
+from tests.model_fixtures import one_thread  # noqa: F401 (autouse fixture)
 
 TINY = get_config("tiny").mllm
 QUESTIONS = ["What can I use to cut something?", "Which object is hidden the most?"]
@@ -30,15 +31,6 @@ ANSWERS = [
     "You can use the knife [SEG] and the scissors [SEG]. The knife is partly hidden behind the cup.",
     "The cup [SEG] is the most hidden; it is mostly covered by the plate.",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run fastest on one thread; two threads on a busy 2-core machine are 10-30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _lower(text: str) -> str:

@@ -26,7 +26,8 @@ from training.trainer_state import ResumeError
 from aura_core.pipeline import AuraPipeline
 from benchmarks.ablation import VARIANTS, summarise, to_markdown, variant_config
 
-from tests.train_fixtures import SMALL_MODEL, _one_thread, small_data, small_settings  # noqa: F401 (fixtures)
+from tests.model_fixtures import one_thread  # noqa: F401 (autouse fixture)
+from tests.train_fixtures import SMALL_MODEL, small_data, small_settings  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

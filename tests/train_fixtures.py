@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-import torch
 
 from aura_core.data.synthetic import generate_dataset
 
@@ -43,8 +42,3 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("aura_small_data")
     generate_dataset(root, train=4, val=1, seed=3, size=64)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
