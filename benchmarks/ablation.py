@@ -13,13 +13,9 @@ import json
 import logging
 import multiprocessing
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import TrainConfig, load_train_config
 from training.train import train

@@ -21,21 +21,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import onnxruntime
+import torch
 
-import numpy as np  # noqa: E402
-import onnxruntime  # noqa: E402
-import torch  # noqa: E402
-
-from aura_core.export.backends import CACHE_ENV  # noqa: E402
-from aura_core.export.graphs import IMAGE_ENCODER, build_graph, graph_specs  # noqa: E402
-from aura_core.export.onnx_export import export_graph  # noqa: E402
-from aura_core.export.onnxruntime_backend import OnnxRuntimeSamBackend  # noqa: E402
-from aura_core.model.build import build_aura_model  # noqa: E402
-from aura_core.model.checkpoint import save_checkpoint  # noqa: E402
-from aura_core.model.config import get_config  # noqa: E402
-from aura_core.pipeline import AuraPipeline  # noqa: E402
+from aura_core.export.graphs import IMAGE_ENCODER, build_graph, graph_specs
+from aura_core.export.locate import CACHE_ENV
+from aura_core.export.onnx_export import export_graph
+from aura_core.export.onnxruntime_backend import OnnxRuntimeSamBackend
+from aura_core.model.build import build_aura_model
+from aura_core.model.checkpoint import save_checkpoint
+from aura_core.model.config import get_config
+from aura_core.pipeline import AuraPipeline
 
 LOG = logging.getLogger("aura.bench.backends")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,7 +71,7 @@ def bench_tiny(iterations: int, warmup: int, max_new_tokens: int, work: Path) ->
     with torch.no_grad():
         embedding = model.encode_image(image)
         stages: Dict[str, Callable[[Any], Callable[[], Any]]] = {
-            "encoder": lambda b: lambda: b.encode(image),
+            "encoder": lambda b: lambda: b.encode_image(image),
         }
         for k in (1, 4):
             e_r = torch.randn(k, channels)
@@ -104,7 +101,7 @@ def bench_tiny(iterations: int, warmup: int, max_new_tokens: int, work: Path) ->
 def bench_vit_h_encoder(iterations: int, work: Path) -> Dict[str, Any]:
     """The paper's ViT-H SAM encoder (random weights) at 1024^2: torch eager vs onnxruntime, one image."""
     torch.manual_seed(0)
-    config = get_config("paper-7b", {"mllm": {"hidden_size": 64, "num_layers": 1, "num_heads": 2,
+    config = get_config("paper-7b", {"allow_random_init": True, "mllm": {"hidden_size": 64, "num_layers": 1, "num_heads": 2,
                                               "intermediate_size": 64, "vision_hidden_size": 32, "vision_layers": 1,
                                               "vision_heads": 2, "vision_intermediate_size": 32, "dtype": "float32",
                                               "system_prompt": "", "lora_r": 0}})  # fmt: skip

@@ -1,4 +1,5 @@
-"""Fixtures for the export tests: a saved tiny checkpoint and its ONNX export, made once per test module."""
+"""Helpers for the export tests: a saved tiny checkpoint, its ONNX export, loading it back (the shared export itself,
+`exported`, is a fixture in conftest.py)."""
 from __future__ import annotations
 
 from pathlib import Path

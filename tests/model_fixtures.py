@@ -1,25 +1,16 @@
-"""Helpers for the model tests: tiny SAM-format .pth files and AuraOutputs built from plain tensors."""
+"""Helpers for the model tests (plain functions; the fixtures are in conftest.py): tiny SAM-format .pth files,
+perfect logits for given masks, and dataset items from a small synthetic set."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-import pytest
 import torch
 from segment_anything.modeling import PromptEncoder, Sam
 
 from aura_core.model.config import AuraConfig
 from aura_core.model.mask_decoder import build_sam_mask_decoder
 from aura_core.model.vision_backbone import build_sam_image_encoder
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread per test: on a shared 2-core machine, 2 threads are several times slower for tiny shapes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_tiny_sam_pth(path: Path, config: AuraConfig, *, backbone_only: bool = False, seed: int = 1) -> Path:

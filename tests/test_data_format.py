@@ -11,11 +11,9 @@ import torch
 from aura_core.data.dataset import AmodalReasonSegDataset, collate
 from aura_core.data.format import DatasetError, decode_segmentation, encode_mask, load_split
 
-from data_fixtures import small_synth  # noqa: F401  (fixture)
-
 
 @pytest.fixture
-def copy_set(small_synth, tmp_path):  # noqa: F811
+def copy_set(small_synth, tmp_path):
     dst = tmp_path / "set"
     shutil.copytree(small_synth, dst)
     return dst
@@ -27,7 +25,7 @@ def _edit(path: Path, fn):
     path.write_text(json.dumps(data))
 
 
-def test_dataset_items(small_synth):  # noqa: F811
+def test_dataset_items(small_synth):
     ds = AmodalReasonSegDataset(small_synth, "train", image_size=64, cache_images=2)
     assert len(ds) >= 6
     for i in range(len(ds)):
@@ -114,6 +112,26 @@ def test_seg_count_mismatch_and_unknown_object(copy_set):
     _edit(copy_set / "qa_train.json", lambda d: d[0].update(object_ids=[12345] * len(d[0]["object_ids"])))
     with pytest.raises(DatasetError, match=r"qa_train.json: entry id 1: unknown \(or invalid\) object id 12345"):
         AmodalReasonSegDataset(copy_set, "train")
+
+
+def test_occlude_rate_is_the_ground_truth_rate_and_must_match_the_masks(copy_set):
+    # Within rounding: used as the item's ground-truth rate, exactly as the file has it.
+    first = json.loads((copy_set / "annotations_train.json").read_text())["annotations"][0]
+    _edit(copy_set / "annotations_train.json", lambda d: d["annotations"][0].update(occlude_rate=first["occlude_rate"] + 4e-4))
+    split = load_split(copy_set, "train")
+    assert split.objects[first["id"]].occlude_rate == pytest.approx(first["occlude_rate"] + 4e-4)
+    ds = AmodalReasonSegDataset(copy_set, "train", image_size=64)
+    item = next(ds[i] for i in range(len(ds)) if first["id"] in ds[i]["object_ids"])
+    k = item["object_ids"].index(first["id"])
+    assert float(item["occlusion_rates"][k]) == pytest.approx(first["occlude_rate"] + 4e-4, abs=1e-7)
+    # Another definition (or a stale value): an error naming both rates; skipped with skip_invalid.
+    _edit(copy_set / "annotations_train.json", lambda d: d["annotations"][0].update(occlude_rate=0.9))
+    with pytest.raises(DatasetError, match=r"annotation id 1: occlude_rate 0.900000 disagrees with its masks"):
+        load_split(copy_set, "train")
+    assert first["id"] not in load_split(copy_set, "train", skip_invalid=True).objects
+    # Absent: computed from the masks.
+    _edit(copy_set / "annotations_train.json", lambda d: d["annotations"][0].pop("occlude_rate"))
+    assert load_split(copy_set, "train").objects[first["id"]].occlude_rate == pytest.approx(first["occlude_rate"], abs=1e-6)
 
 
 def test_missing_annotation_file(tmp_path):

@@ -3,18 +3,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from aura_core.data.format import SEG_TOKEN, load_split
+from aura_core.data.format import load_split
 from aura_core.data.synthetic import CATEGORIES, SHAPES, generate_scene, main, write_split
+from aura_core.model.tokens import SEG_TOKEN
 
 N_SCENES = 80
 
 
-def _scenes(size=128):
-    return [generate_scene(np.random.default_rng([11, i]), size) for i in range(N_SCENES)]
-
-
-SCENES = _scenes()
+@pytest.fixture(scope="module")
+def scenes():
+    return [generate_scene(np.random.default_rng([11, i]), 128) for i in range(N_SCENES)]
 
 
 def test_category_table_is_rich():
@@ -25,8 +25,8 @@ def test_category_table_is_rich():
     assert all(c.shape in SHAPES and c.uses for c in CATEGORIES)
 
 
-def test_masks_and_rates():
-    for scene in SCENES:
+def test_masks_and_rates(scenes):
+    for scene in scenes:
         assert scene.image.dtype == np.uint8 and scene.image.shape == (128, 128, 3)
         assert 2 <= len(scene.objects) <= 7
         assert len({o.name for o in scene.objects}) == len(scene.objects)
@@ -41,17 +41,17 @@ def test_masks_and_rates():
                 assert not np.any(o.visible & nearer.amodal)
 
 
-def test_occlusion_distribution():
-    rates = np.array([o.occlusion_rate for s in SCENES for o in s.objects])
+def test_occlusion_distribution(scenes):
+    rates = np.array([o.occlusion_rate for s in scenes for o in s.objects])
     assert (rates > 0.3).mean() > 0.25
     assert (rates < 0.05).mean() > 0.2
     assert rates.max() > 0.6
 
 
-def test_qa_pairs():
+def test_qa_pairs(scenes):
     names = {c.name for c in CATEGORIES}
     multi = occluder_questions = 0
-    for scene in SCENES:
+    for scene in scenes:
         assert 1 <= len(scene.qa)
         for qa in scene.qa:
             assert qa.answer.count(SEG_TOKEN) == len(qa.targets) == len(qa.phrases) >= 1

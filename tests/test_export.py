@@ -9,28 +9,20 @@ import onnx
 import pytest
 import torch
 
-from aura_core.export import AMODAL_BRANCH, GRAPH_NAMES, IMAGE_ENCODER, VISIBLE_BRANCH, open_backend
-from aura_core.export.backends import CACHE_ENV
+from aura_core.backends import open_backend
+from aura_core.export import AMODAL_BRANCH, GRAPH_NAMES, IMAGE_ENCODER, VISIBLE_BRANCH
 from aura_core.export.graphs import build_graph, graph_specs
+from aura_core.export.locate import CACHE_ENV
 from aura_core.export.manifest import MANIFEST_FILE, CheckpointFingerprint, ExportError, Manifest
 from aura_core.export.onnx_export import export_graph
 from aura_core.export.onnxruntime_backend import OnnxRuntimeSamBackend
-from aura_core.metrics import iou
+from aura_core.masks import iou
 from aura_core.model.checkpoint import CheckpointError
 from aura_core.pipeline import AuraPipeline
-from tests.export_fixtures import export_checkpoint_dir, load, make_checkpoint
+from tests.export_fixtures import load, make_checkpoint
 from training import export as export_cli
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(checkpoint dir, export dir = <ckpt>/onnx, manifest) of a tiny random model."""
-    root = tmp_path_factory.mktemp("export")
-    checkpoint = make_checkpoint(root / "ckpt")
-    manifest = export_checkpoint_dir(checkpoint, checkpoint / "onnx")
-    return checkpoint, checkpoint / "onnx", manifest
 
 
 def sam_image(seed: int) -> torch.Tensor:
@@ -55,7 +47,7 @@ def test_onnxruntime_matches_torch(exported, num_seg):
         embedding = model.encode_image(image)
         torch_visible = model.decode_visible(embedding, e_r)
         torch_amodal = model.decode_amodal(embedding, e_r)
-    ort_embedding = backend.encode(image)
+    ort_embedding = backend.encode_image(image)
     assert float((ort_embedding - embedding).abs().max()) < 1e-3
     visible = backend.decode_visible(embedding, e_r)
     amodal = backend.decode_amodal(embedding, e_r)
@@ -140,6 +132,7 @@ def test_pipeline_onnxruntime_backend_gives_torch_masks(exported):
     assert answer.image_size == (96, 128) and "vision_backbone" in answer.timings
 
 
+@pytest.mark.slow
 def test_without_occlusion_condition_encoder_exports_into_cache(tmp_path, monkeypatch):
     """No <ckpt>/onnx: the backend exports once into the cache keyed by the checkpoint; E_OC ablated -> no rates."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
@@ -152,7 +145,7 @@ def test_without_occlusion_condition_encoder_exports_into_cache(tmp_path, monkey
     stamp = (backend.export_dir / MANIFEST_FILE).stat().st_mtime_ns
     assert open_backend("onnxruntime", model, checkpoint).export_dir == backend.export_dir
     assert (backend.export_dir / MANIFEST_FILE).stat().st_mtime_ns == stamp  # reused, not exported again
-    embedding = backend.encode(sam_image(1))
+    embedding = backend.encode_image(sam_image(1))
     e_r = torch.randn(2, model.config.mask_decoder.prompt_embed_dim)
     logits, scores, rates = backend.decode_amodal(embedding, e_r)
     assert rates is None
@@ -160,7 +153,7 @@ def test_without_occlusion_condition_encoder_exports_into_cache(tmp_path, monkey
         assert_same_masks(logits, model.decode_amodal(embedding, e_r)[0])
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
 def test_external_data_and_exporters(exported, tmp_path, exporter):
     """A graph over the threshold goes to <graph>.onnx.data (ViT-H's case), with both torch.onnx exporters."""
     checkpoint, _, _ = exported
@@ -199,7 +192,7 @@ def test_export_dir_elsewhere_serves_the_pipeline_and_the_node_parameters(export
     """An export kept outside the checkpoint (the node's engine_dir) is used as given; torch refuses one."""
     import shutil
 
-    from aura_ros.bag_runner import load_pipeline
+    from aura_ros.loading import load_pipeline
     from aura_ros.params import AuraParameters
 
     checkpoint, export_dir, _ = exported

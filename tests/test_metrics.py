@@ -58,12 +58,18 @@ def test_accumulator():
     acc.add(np.stack([P_A, P_B]), np.stack([G_A, G_B]), np.stack([G_A, P_B]), np.stack([G_A, G_B]), [0.0, 0.0], [0.0, 0.05])
     s = acc.summary()
     assert s["count"] == 3 and len(acc) == 3
-    assert s["amodal_giou"] == pytest.approx((0.5 + 1 + 1) / 3)
+    # gIoU per object (LISA's code): the mean over the three objects
+    assert s["amodal_giou_per_object"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert s["visible_giou_per_object"] == pytest.approx((1 + 2 / 6 + 1) / 3)
+    # gIoU (paper): mean over the two samples (add calls) of summed intersection / summed union
+    assert s["samples"] == 2
+    assert s["amodal_giou"] == pytest.approx((4 / 8 + (4 + 8) / (4 + 8)) / 2)
+    assert s["visible_giou"] == pytest.approx((1 + (2 + 8) / (6 + 8)) / 2)
     assert s["amodal_ciou"] == pytest.approx((4 + 4 + 8) / (8 + 4 + 8))
-    assert s["visible_giou"] == pytest.approx((1 + 2 / 6 + 1) / 3)
     assert s["occlusion_rate_mae"] == pytest.approx((0.3 + 0 + 0.05) / 3)
     # baseline: visible preds vs amodal gts: 4/8, P_A vs G_A 2/6, P_B vs G_B 1
-    assert s["baseline_visible_as_amodal_giou"] == pytest.approx((0.5 + 2 / 6 + 1) / 3)
+    assert s["baseline_visible_as_amodal_giou_per_object"] == pytest.approx((0.5 + 2 / 6 + 1) / 3)
+    assert s["baseline_visible_as_amodal_giou"] == pytest.approx((4 / 8 + (2 + 8) / (6 + 8)) / 2)
     assert s["amodal_by_bucket"][">=0.5"]["giou"] == pytest.approx(0.5)
     assert s["amodal_by_bucket"]["<0.1"]["count"] == 2
     assert MetricAccumulator().summary() == {"count": 0}

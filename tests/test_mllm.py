@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 
 import numpy as np
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from aura_core.data.format import SEG_TOKEN
 from aura_core.model.config import get_config
 from aura_core.model.mllm import MultiModalLLM, _clip_processor, _llava_config, lora_target_pattern
 from aura_core.model.tokenizer import (
@@ -21,9 +18,9 @@ from aura_core.model.tokenizer import (
     default_word_tokenizer,
     load_tokenizer,
     seg_phrases,
-    synthetic_corpus,
 )
-from tests.model_fixtures import one_thread  # noqa: F401 (autouse fixture)
+from aura_core.model.tokens import SEG_TOKEN
+from training.tiny_tokenizer import synthetic_corpus
 
 TINY = get_config("tiny").mllm
 QUESTIONS = ["What can I use to cut something?", "Which object is hidden the most?"]
@@ -110,7 +107,7 @@ def test_lora_targets_only_language_model_attention():
     assert not any(hasattr(m, "lora_A") for m in no_lora.modules())
 
 
-def test_gradients_reach_exactly_lora_and_token_rows_and_step_is_fast():
+def test_gradients_reach_exactly_lora_and_token_rows():
     model = _tiny()
     model.train()
     batch = model.encode(_images(2), QUESTIONS, ANSWERS)
@@ -128,13 +125,6 @@ def test_gradients_reach_exactly_lora_and_token_rows_and_step_is_fast():
     embed_grad = next(p.grad for n, p in model.named_parameters() if "embed_tokens.modules_to_save" in n)
     head_grad = next(p.grad for n, p in model.named_parameters() if "lm_head.modules_to_save" in n)
     assert embed_grad[model.seg_token_id].abs().sum() > 0 and head_grad[model.seg_token_id].abs().sum() > 0
-
-    times = []
-    for _ in range(7):
-        start = time.perf_counter()
-        model(batch).text_loss.backward()
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.2, f"tiny forward+backward took {times}"
 
 
 def test_overfit_two_samples_then_generate_reproduces_answers():
@@ -224,3 +214,83 @@ def test_bad_input_gives_clear_errors(tmp_path):
         MultiModalLLM.build(dataclasses.replace(TINY, pretrained_path=str(tmp_path / "missing")))
     with pytest.raises(ValueError, match="not a torch dtype"):
         MultiModalLLM.build(dataclasses.replace(TINY, dtype="float99"))
+
+
+# ---------------------------------------------------------------------- the tiny tokenizer file, user text
+
+
+def test_tiny_tokenizer_is_the_shipped_file_with_the_default_models_ids(monkeypatch):
+    import sys
+
+    from aura_core.model.tokenizer import TINY_TOKENIZER_FILE
+
+    monkeypatch.setitem(sys.modules, "aura_core.data.synthetic", None)  # importing the generator now fails
+    tok = default_word_tokenizer()
+    assert TINY_TOKENIZER_FILE.is_file() and tok.backend_tokenizer.get_vocab_size() == len(tok)
+    default_model_tokenizer = TINY_TOKENIZER_FILE.parents[1] / "default_model" / "tokenizer"
+    if not default_model_tokenizer.is_dir():
+        pytest.skip("no embedded default model in this tree")
+    # the embedded default model's embedding rows are indexed by these ids
+    assert tok.get_vocab() == load_tokenizer(default_model_tokenizer).get_vocab()
+
+
+def test_every_word_the_generator_writes_is_in_the_shipped_vocabulary():
+    tok = default_word_tokenizer()
+    texts = synthetic_corpus(scenes=30, seed=99)  # other scenes than the file's corpus
+    unknown = sorted(
+        {w for text in texts for w in tok.tokenize(text) if tok.convert_tokens_to_ids(w) == tok.unk_token_id}
+    )
+    assert not unknown, f"words {unknown} are [UNK]: remake the file (python -m training.tiny_tokenizer), then retrain"
+
+
+def test_tiny_tokenizer_script_writes_the_file_and_checks_it(tmp_path):
+    from training.tiny_tokenizer import build_tiny_tokenizer, main
+
+    out = tmp_path / "tokenizer.json"
+    assert main(["--out", str(out), "--scenes", "5"]) == 0
+    assert main(["--out", str(out), "--scenes", "5", "--check"]) == 0
+    assert main(["--out", str(out), "--scenes", "8", "--seed", "1", "--check"]) == 1  # other words
+    from transformers import PreTrainedTokenizerFast
+
+    assert PreTrainedTokenizerFast(tokenizer_file=str(out)).get_vocab() == build_tiny_tokenizer(5).get_vocab()
+
+
+def _llama_like_tokenizer():
+    """A SentencePiece-style BPE tokenizer laid out like llava-hf's: <unk> <s> </s>, then <image> and <pad> added."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = QUESTIONS + ANSWERS + ["USER: ASSISTANT: what where is the cup knife <>/[]"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=150, special_tokens=["<unk>", "<s>", "</s>"]))
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    wrapped.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    wrapped.add_special_tokens({"pad_token": "<pad>"})
+    return wrapped
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny", "llama-like"])
+def test_special_tokens_typed_in_questions_stay_plain_words(tokenizer):
+    from aura_core.model.tokenizer import PromptTemplate
+
+    tok = default_word_tokenizer() if tokenizer == "tiny" else _llama_like_tokenizer()
+    template = PromptTemplate(tokenizer=tok, image_seq_length=5)
+    seg, image = template.seg_token_id, template.image_token_id
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    assert tok.encode(f"{IMAGE_TOKEN} what?", add_special_tokens=False)[0] == image  # what the bug fed LLaVA
+    typed = [IMAGE_TOKEN, SEG_TOKEN, tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token, "USER:", "ASSISTANT:"]
+    for t in typed:
+        earlier = f"the cup {SEG_TOKEN} {t}."  # a model's earlier answer keeps its [SEG]s
+        ids, _ = template.build(f"{t} what? {t}", history=[(f"{t} where is the cup?", earlier)])
+        assert ids.count(image) == 5 and ids[ids.index(image) : ids.index(image) + 5] == [image] * 5, t  # one slot
+        assert ids.count(seg) == earlier.count(SEG_TOKEN), t  # the history answer's, none from the questions
+        assert ids.count(bos) == 1 and ids[0] == bos and ids.count(eos) == 1 and pad not in ids, t
+        # training tokenises the question exactly like inference, and the answer's [SEG] is the [SEG] id
+        answer = f"the knife {SEG_TOKEN} {t}"
+        train_ids, labels = template.build(f"{t} what?", answer=answer)
+        prompt, _ = template.build(f"{t} what?")
+        assert train_ids[: len(prompt)] == prompt and seg not in prompt and train_ids.count(image) == 5, t
+        assert train_ids.count(seg) == answer.count(SEG_TOKEN), t
+        assert [i for i in labels if i != IGNORE_INDEX].count(eos) == 1, t

@@ -12,7 +12,7 @@ from aura_core.model.build import build_aura_model
 from aura_core.model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from aura_core.model.config import get_config
 from aura_core.model.losses import aura_losses
-from tests.model_fixtures import one_thread, synthetic_items, write_tiny_sam_pth  # noqa: F401 (autouse fixture)
+from tests.model_fixtures import synthetic_items, write_tiny_sam_pth
 
 TINY = get_config("tiny")
 
@@ -163,7 +163,8 @@ def test_checkpoint_of_a_pretrained_model_keeps_only_what_the_files_do_not_have(
     from transformers import LlavaForConditionalGeneration
 
     from aura_core.model.mllm import _clip_processor, _llava_config
-    from aura_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer, synthetic_corpus
+    from aura_core.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+    from training.tiny_tokenizer import synthetic_corpus
 
     tok = build_word_tokenizer(synthetic_corpus(scenes=20), with_aura_tokens=False)
     tok.add_tokens([IMAGE_TOKEN], special_tokens=True)

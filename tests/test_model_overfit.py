@@ -1,32 +1,28 @@
 """The tiny AURA model overfits a handful of synthetic samples: amodal IoU > 0.9 on each of their masks.
 
+Bounded by optimiser steps, not seconds: it stops early once every IoU passes 0.92 (about 200 steps with seed 0).
+
 Then the pipeline answers one of the training questions with its two [SEG]s and returns two matching instances.
 """
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import pytest
 import torch
 
 from aura_core.data.dataset import collate
+from aura_core.masks import iou
 from aura_core.model.build import build_aura_model
 from aura_core.model.config import get_config
 from aura_core.model.losses import aura_losses
 from aura_core.pipeline import AuraPipeline
-from tests.model_fixtures import one_thread, synthetic_items  # noqa: F401 (autouse fixture)
+from tests.model_fixtures import synthetic_items
 
 SAMPLES = (9, 17, 0, 1)  # seed 4: two answers with two [SEG]s (occluded objects) and two single-object answers
 MAX_STEPS = 400
-TIME_LIMIT_S = 150
 
 
-def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    return float((pred & gt).sum() / max((pred | gt).sum(), 1))
-
-
-@pytest.mark.timeout(240)
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a hang guard: 400 steps take about 8 min on a loaded 2-core CPU
 def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
     items = synthetic_items(tmp_path, max(SAMPLES) + 1, seed=4)
     items = [items[i] for i in SAMPLES]
@@ -42,12 +38,11 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
         with torch.no_grad():
             output = model(batch)
         return [
-            _iou((pred > 0).numpy()[j], gt.numpy()[j])
+            iou((pred > 0).numpy()[j], gt.numpy()[j])
             for pred, gt in zip(output.amodal_logits, batch["amodal_masks"])
             for j in range(len(gt))
         ]
 
-    start = time.perf_counter()
     ious = amodal_ious()
     first_total = None
     for step in range(1, MAX_STEPS + 1):
@@ -58,7 +53,7 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
         optimiser.step()
         if step % 10 == 0:
             ious = amodal_ious()
-            if min(ious) > 0.92 or time.perf_counter() - start > TIME_LIMIT_S:
+            if min(ious) > 0.92:
                 break
     assert min(ious) > 0.9, f"amodal IoUs after {step} steps: {ious}"
     assert float(terms["total"].detach()) < 0.2 * first_total
@@ -72,5 +67,5 @@ def test_tiny_model_overfits_a_handful_of_samples(tmp_path):
     assert [i.phrase.lower() for i in result.instances] == [p.lower() for p in item["phrases"]]
     for instance, gt, rate in zip(result.instances, item["amodal_masks"].numpy(), item["occlusion_rates"]):
         assert instance.amodal_mask.shape == gt.shape
-        assert _iou(instance.amodal_mask, gt) > 0.8
+        assert iou(instance.amodal_mask, gt) > 0.8
         assert instance.occlusion_rate == pytest.approx(float(rate), abs=0.1)

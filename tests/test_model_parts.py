@@ -13,9 +13,11 @@ from aura_core.model.losses import aura_losses
 from aura_core.model.mask_decoder import MaskDecoder
 from aura_core.model.occlusion_condition_encoder import OcclusionConditionEncoder
 from aura_core.model.prompt_encoder import PromptEncoder
+from aura_core.model.sam_checkpoint import SamCheckpointError, read_sam_checkpoint
 from aura_core.model.spatial_occlusion_encoder import SpatialOcclusionEncoder
-from aura_core.model.vision_backbone import SamCheckpointError, build_vision_backbone, read_sam_checkpoint
-from tests.model_fixtures import masks_to_logits, one_hot_logits, one_thread, random_masks, write_tiny_sam_pth  # noqa: F401
+from aura_core.model.vision_backbone import build_vision_backbone
+from tests.model_fixtures import masks_to_logits, one_hot_logits, random_masks, write_tiny_sam_pth
+
 TINY = get_config("tiny")
 
 

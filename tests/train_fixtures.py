@@ -1,12 +1,9 @@
-"""Shared fixtures for the trainer tests: a very small synthetic set and a model config that trains in seconds."""
+"""Helpers for the trainer tests: a model config and settings that train in seconds (the data set, `small_data`,
+is a fixture in conftest.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict
-
-import pytest
-
-from aura_core.data.synthetic import generate_dataset
 
 # Tiny SAM side at 64 px (4x4 embedding grid), random init; no LoRA dropout so runs are deterministic.
 SMALL_MODEL: Dict[str, Any] = {
@@ -35,10 +32,3 @@ def small_settings(data_dir: Path, output_dir: Path, **extra: Any) -> Dict[str, 
     }
     settings.update(extra)
     return settings
-
-
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("aura_small_data")
-    generate_dataset(root, train=4, val=1, seed=3, size=64)
-    return root

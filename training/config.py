@@ -16,6 +16,7 @@ import yaml
 from aura_core.model.config import (
     AuraConfig,
     ConfigError,
+    check_weights,
     dataclass_from_mapping,
     get_config,
     json_ready,
@@ -58,13 +59,17 @@ class TrainConfig:
     batch_size: int = 8  # per process and micro-step
     grad_accumulation: int = 1  # micro-steps per optimiser step
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    # auto (bf16 autocast on CUDA, fp16 + loss scaling on GPUs without bf16, fp32 on CPU) | bf16 | fp16 | fp32;
+    # trainable tensors are fp32 master weights in every mode (training/precision.py)
+    precision: str = "auto"
+    strategy: str = "ddp"  # several processes: ddp (replicate the model) | fsdp (shard it, FSDP2 fully_shard)
     # What a person sees.
     log_every: int = 10  # optimiser steps between JSONL records
     eval_every: int = 500  # optimiser steps between evaluations (0: only at the end)
     eval_samples: int = 100  # validation QA pairs per intermediate evaluation (0: all)
     final_eval_samples: int = 0  # validation QA pairs in the final evaluation (0: all)
-    final_eval_generation: bool = True  # also score generated answers at the end
+    final_eval_generation: bool = True  # also score the model's own answers end to end at the end
+    final_eval_end_to_end_samples: int = 100  # QA pairs answered and scored end to end at the end (0: all, ~0.4 s each on CPU)
     overlays: int = 8  # validation samples drawn as PNG after each evaluation
     checkpoint_every: int = 500  # optimiser steps between checkpoints of output_dir/checkpoints/last (0: only at the end)
     num_workers: int = 1  # DataLoader workers per process (decoding PNG/RLE next to the training thread)
@@ -80,10 +85,12 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "grad_accumulation": self.grad_accumulation >= 1,
             "grad_clip": self.grad_clip >= 0,
-            "precision": self.precision in ("auto", "bf16", "fp32"),
+            "precision": self.precision in ("auto", "bf16", "fp16", "fp32"),
+            "strategy": self.strategy in ("ddp", "fsdp"),
             "log_every": self.log_every >= 1,
             "eval_every": self.eval_every >= 0,
             "checkpoint_every": self.checkpoint_every >= 0,
+            "final_eval_end_to_end_samples": self.final_eval_end_to_end_samples >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -142,7 +149,8 @@ def load_train_config(path: Optional[os.PathLike] = None, overrides: Optional[Ma
         source = f"{source} + command-line flags" if path is not None else "command-line flags"
     config = dataclass_from_mapping(TrainConfig, values, source=source)
     try:
-        config.model_config()  # unknown model name or model key -> error now, before any data work
+        # unknown model name or model key, or empty weight paths without allow_random_init -> error now, before any data
+        check_weights(config.model_config())
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
     return config

@@ -55,12 +55,55 @@ def init_distributed(*, prefer_cuda: bool = True) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """DDP around the model when more than one process runs; the bare model otherwise."""
+def wrap_model(model: nn.Module, ctx: DistContext, strategy: str = "ddp") -> nn.Module:
+    """DDP (or FSDP2 with strategy "fsdp") around the model when more than one process runs; the bare model otherwise."""
     if not ctx.distributed:
         return model
+    if strategy == "fsdp":
+        return shard_model(model, ctx)
+    if strategy != "ddp":
+        raise ValueError(f"strategy must be ddp or fsdp, got {strategy!r}")
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def shard_model(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """FSDP2 (`fully_shard`): each decoder layer of the LLM and of the CLIP tower is one shard group, the rest (embeddings,
+    lm_head, projector, SAM ViT, Prompt Encoder, both decoders, E_OC, E_SO) the root group. Frozen and trainable (LoRA)
+    parameters may share a group. Shards keep each parameter's own dtype (fp32 master weights for what trains, bf16
+    for the frozen LLaVA); with a bf16 body the all-gathered compute copies are bf16 and gradients are reduced in fp32.
+    The model is changed in place (its class is swapped), so `unwrap` returns it unchanged.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtypes = {p.dtype for p in model.parameters()}
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if len(dtypes) > 1 and torch.bfloat16 in dtypes else MixedPrecisionPolicy()
+    layers = [m for name, m in model.named_modules() if type(m).__name__ in ("LlamaDecoderLayer", "CLIPEncoderLayer")]
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    LOG.info("FSDP2: %d decoder layers sharded over %d processes (+ the root group)", len(layers), ctx.world_size)
+    return model
+
+
+def full_model_state(model: nn.Module, ctx: DistContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The full (unsharded) state dict of an FSDP-sharded model on rank 0's CPU (a collective: every rank calls it);
+    None for an unsharded model (its own state_dict is complete)."""
+    if not _is_fsdp(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state if ctx.is_main else None
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -109,7 +152,7 @@ class ResumableDistributedSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def seed_everything(seed: int, ctx: Optional[DistContext] = None) -> None:
+def seed_everything(seed: int) -> None:
     """Same seed for model init on every rank (DDP also broadcasts rank 0's weights); ranks differ only via the sampler."""
     import random
 

@@ -4,7 +4,13 @@ Two things are scored and labelled separately in the JSON:
 - "teacher_forced": masks with the ground-truth answer fed to the LLM, so each [SEG] lines up with its object (as
   LISA's validation does): amodal/visible gIoU and cIoU, occlusion-rate MAE, IoU per occlusion bucket, and the
   baseline "amodal = the model's own predicted visible mask".
-- "generated": the model's own greedy answers: share with the right number of [SEG]s and with the right objects named.
+- "end_to_end": what a user gets. The model answers on its own (greedy, through AuraPipeline.ask, the code path of
+  the node); its [SEG] masks are matched one-to-one to the ground-truth objects (Hungarian on amodal IoU); an
+  unmatched object scores IoU 0, an extra [SEG] is a false positive (aura_core/matching.py): amodal/visible gIoU and
+  cIoU, object precision and recall, right [SEG] count, right objects named, exact answers.
+
+gIoU is the paper's (mean of per-sample IoUs, one sample = one QA pair; a multi-object sample's IoU accumulates its
+objects' intersections and unions); `*_giou_per_object` is LISA's code's mean over objects, reported beside it.
 
     python training/evaluate.py --checkpoint runs/default/model [--data-dir DIR] [--split val] [--out metrics.json]
 """
@@ -13,19 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as `python training/evaluate.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from aura_core.data.dataset import AmodalReasonSegDataset, collate
-from aura_core.data.format import SEG_TOKEN
+from aura_core.masks import occlusion_rate
+from aura_core.matching import objects_named, normalise_phrase, score_sample, summarise_samples
 from aura_core.metrics import MetricAccumulator
 from aura_core.model.aura import AuraModel
 from training.overlay import overlay_panel, save_overlay
@@ -34,7 +36,10 @@ LOG = logging.getLogger("aura.evaluate")
 
 OCCLUDED = 0.3  # "objects occluded >= 0.3": where amodal completion has to beat the visible mask
 TEACHER_FORCED_NOTE = "masks scored with the ground-truth answer teacher-forced (each [SEG] lines up with its object)"
-GENERATED_NOTE = "generated answers (the model's own, greedy): right number of [SEG]s, and right objects named (phrases before each [SEG])"
+END_TO_END_NOTE = ("the model's own greedy answers (AuraPipeline.ask); [SEG] masks matched one-to-one to the ground-truth "
+                   "objects by Hungarian on amodal IoU; unmatched object = IoU 0, extra [SEG] = false positive")
+GIOU_NOTE = ("gIoU: mean of per-sample IoUs (paper; a sample = one QA pair, its IoU = summed intersections / summed "
+             "unions of its objects); gIoU per object: mean of per-object IoUs (LISA's code)")
 
 
 def spread_indices(total: int, count: int) -> List[int]:
@@ -42,17 +47,6 @@ def spread_indices(total: int, count: int) -> List[int]:
     if count <= 0 or count >= total:
         return list(range(total))
     return sorted(set(np.linspace(0, total - 1, count).round().astype(int).tolist()))
-
-
-def _normalise(phrase: str) -> str:
-    return " ".join(phrase.lower().split())
-
-
-def _rates_from_masks(visible: np.ndarray, amodal: np.ndarray) -> np.ndarray:
-    """1 - |V ∩ A| / |A| per object, for models without E_OC (no predicted rate)."""
-    area = amodal.reshape(len(amodal), -1).sum(1)
-    inter = (visible & amodal).reshape(len(amodal), -1).sum(1)
-    return np.where(area > 0, 1.0 - inter / np.maximum(area, 1), 0.0)
 
 
 @torch.no_grad()
@@ -71,7 +65,7 @@ def teacher_forced(
     model.eval()
     overall, baseline = MetricAccumulator(), MetricAccumulator()
     occluded, occluded_baseline = MetricAccumulator(), MetricAccumulator()
-    rate_source = "E_OC" if model.occlusion_condition_encoder is not None else "masks (1 - |V|/|A|, no E_OC)"
+    rate_source = "E_OC" if model.occlusion_condition_encoder is not None else "masks (1 - |V∩A|/|A|, no E_OC)"
     written: List[str] = []
     try:
         for start in range(0, len(indices), batch_size):
@@ -86,7 +80,7 @@ def teacher_forced(
                 if output.occlusion_rates is not None:
                     pred_rates = output.occlusion_rates[j].float().cpu().numpy()
                 else:
-                    pred_rates = _rates_from_masks(pred_v, pred_a)
+                    pred_rates = np.array([occlusion_rate(v, a) for v, a in zip(pred_v, pred_a)])
                 overall.add(pred_v, gt_v, pred_a, gt_a, pred_rates, gt_rates)
                 baseline.add(pred_v, gt_v, pred_v, gt_a, pred_rates, gt_rates)
                 keep = gt_rates >= OCCLUDED
@@ -102,45 +96,60 @@ def teacher_forced(
     summary = overall.summary()
     base = baseline.summary()
     occ, occ_base = occluded.summary(), occluded_baseline.summary()
-    report: Dict[str, Any] = {"note": TEACHER_FORCED_NOTE, "samples": len(indices), "occlusion_rate_source": rate_source}
+    report: Dict[str, Any] = {"note": TEACHER_FORCED_NOTE, "giou_note": GIOU_NOTE, "samples": len(indices),
+                              "occlusion_rate_source": rate_source}
     report.update(summary)
     if summary.get("count"):
         report["baseline_visible_as_amodal_by_bucket"] = base["amodal_by_bucket"]
+        # Objects (not samples) occluded >= 0.3: mean amodal IoU over those objects.
         report[f"occluded_{OCCLUDED}"] = {
             "count": occ.get("count", 0),
-            "amodal_giou": occ.get("amodal_giou"),
-            "baseline_visible_as_amodal_giou": occ_base.get("amodal_giou"),
-            "gain": (occ["amodal_giou"] - occ_base["amodal_giou"]) if occ.get("count") else None,
+            "amodal_giou": occ.get("amodal_giou_per_object"),
+            "baseline_visible_as_amodal_giou": occ_base.get("amodal_giou_per_object"),
+            "gain": (occ["amodal_giou_per_object"] - occ_base["amodal_giou_per_object"]) if occ.get("count") else None,
         }
     report["overlays"] = written
     return report
 
 
+def _gt_phrases(dataset: AmodalReasonSegDataset, qa) -> List[str]:
+    return list(qa.phrases) if qa.phrases is not None else [dataset.categories[dataset.data.objects[o].category_id] for o in qa.object_ids]
+
+
 @torch.no_grad()
-def generated(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Sequence[int], *, max_new_tokens: int = 64) -> Dict[str, Any]:
-    """Score greedy answers: [SEG] count and the named objects (multiset of phrases) against the ground truth."""
-    right_count = right_objects = exact = 0
-    examples = []
-    for n, i in enumerate(indices):
-        qa = dataset.data.qa[i]
-        gt_phrases = qa.phrases if qa.phrases is not None else [dataset.categories[dataset.data.objects[o].category_id] for o in qa.object_ids]
-        gen = model.mllm.generate(dataset._image(qa.image_id), qa.question, max_new_tokens=max_new_tokens)
-        count_ok = gen.answer.count(SEG_TOKEN) == len(qa.object_ids)
-        objects_ok = count_ok and Counter(map(_normalise, gen.phrases)) == Counter(map(_normalise, gt_phrases))
-        right_count += count_ok
-        right_objects += objects_ok
-        exact += _normalise(gen.answer) == _normalise(qa.answer)
-        if n < 3:
-            examples.append({"question": qa.question, "answer": qa.answer, "generated": gen.answer})
+def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Sequence[int], *, max_new_tokens: int = 64,
+               mask_threshold: float = 0.0) -> Dict[str, Any]:
+    """Score what a user gets: each question answered by AuraPipeline.ask (greedy), masks matched to the objects.
+
+    Every field of aura_core.matching.summarise_samples (gIoU per sample and per object, cIoU, object precision and
+    recall, right [SEG] count) plus right objects named and exact answers; a few examples.
+    """
+    from aura_core.pipeline import AuraPipeline  # late: the pipeline imports the export backends' registry
+
+    was_training = model.training
+    pipeline = AuraPipeline(model=model, mask_threshold=mask_threshold, max_new_tokens=max_new_tokens)  # sets eval()
+    scores, named, exact, examples = [], 0, 0, []
+    try:
+        for n, i in enumerate(indices):
+            qa = dataset.data.qa[i]
+            result = pipeline.ask(dataset._image(qa.image_id), qa.question)
+            gt = [dataset.data.masks(o) for o in qa.object_ids]
+            score = score_sample([x.visible_mask for x in result.instances], [x.amodal_mask for x in result.instances],
+                                 [v for v, _ in gt], [a for _, a in gt])
+            scores.append(score)
+            named += score.n_pred == score.n_gt and objects_named([x.phrase for x in result.instances], _gt_phrases(dataset, qa))
+            exact += normalise_phrase(result.answer) == normalise_phrase(qa.answer)
+            if n < 3:
+                examples.append({"question": qa.question, "answer": qa.answer, "generated": result.answer,
+                                 "amodal_iou": score.amodal_iou})
+    finally:
+        model.train(was_training)
+    report: Dict[str, Any] = {"note": END_TO_END_NOTE, "giou_note": GIOU_NOTE}
+    report.update(summarise_samples(scores))
     total = max(len(indices), 1)
-    return {
-        "note": GENERATED_NOTE,
-        "answers": len(indices),
-        "seg_count_accuracy": right_count / total,
-        "objects_named_accuracy": right_objects / total,
-        "exact_answer_accuracy": exact / total,
-        "examples": examples,
-    }
+    report.update({"answers": len(indices), "objects_named_accuracy": named / total, "exact_answer_accuracy": exact / total,
+                   "examples": examples})
+    return report
 
 
 def evaluate(
@@ -148,12 +157,16 @@ def evaluate(
     dataset: AmodalReasonSegDataset,
     *,
     max_samples: int = 0,
-    generation_samples: int = 100,
+    end_to_end_samples: Optional[int] = 100,
     batch_size: int = 4,
     overlay_dir: Optional[Path] = None,
     overlays: int = 0,
 ) -> Dict[str, Any]:
-    """The full report: {"teacher_forced": ..., "generated": ... or None}."""
+    """The full report: {"teacher_forced": ..., "end_to_end": ... or None}.
+
+    `max_samples`: QA pairs for the teacher-forced masks (0: all); `end_to_end_samples`: QA pairs answered by the
+    model itself and scored end to end (0: all, None: skip); both spread evenly over the split.
+    """
     indices = spread_indices(len(dataset), max_samples)
     if not indices:
         raise ValueError(f"{dataset.data.root}: split '{dataset.data.split}' has no question/answer pairs to evaluate")
@@ -161,10 +174,10 @@ def evaluate(
         "split": dataset.data.split,
         "data_dir": str(dataset.data.root),
         "teacher_forced": teacher_forced(model, dataset, indices, batch_size=batch_size, overlay_dir=overlay_dir, overlays=overlays),
-        "generated": None,
+        "end_to_end": None,
     }
-    if generation_samples > 0:
-        report["generated"] = generated(model, dataset, spread_indices(len(dataset), generation_samples))
+    if end_to_end_samples is not None and end_to_end_samples >= 0:
+        report["end_to_end"] = end_to_end(model, dataset, spread_indices(len(dataset), end_to_end_samples))
     return report
 
 
@@ -173,19 +186,20 @@ def _pct(value: Optional[float]) -> str:
 
 
 def format_table(report: Dict[str, Any], name: str = "AURA (this model)") -> str:
-    """Markdown tables in the paper's layout (values x100), the occlusion buckets, and the generation scores."""
+    """Markdown tables in the paper's layout (values x100) plus the per-object gIoU, the occlusion buckets, and the
+    end-to-end table (own answers, matched masks, object precision/recall, [SEG] count, objects named)."""
     tf = report["teacher_forced"]
     lines = [
         f"Teacher-forced masks, split '{report['split']}', {tf.get('count', 0)} objects in {tf['samples']} QA pairs",
         "",
-        "| method | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU |",
-        "|---|---|---|---|---|",
-        f"| {name} | {_pct(tf.get('amodal_giou'))} | {_pct(tf.get('amodal_ciou'))} | {_pct(tf.get('visible_giou'))} | {_pct(tf.get('visible_ciou'))} |",
+        TABLE_HEADER,
+        "|---|---|---|---|---|---|---|",
+        _mask_row(name, tf),
         f"| amodal = predicted visible | {_pct(tf.get('baseline_visible_as_amodal_giou'))} | "
-        f"{_pct(tf.get('baseline_visible_as_amodal_ciou'))} | - | - |",
+        f"{_pct(tf.get('baseline_visible_as_amodal_ciou'))} | - | - | {_pct(tf.get('baseline_visible_as_amodal_giou_per_object'))} | - |",
     ]
     if tf.get("count"):
-        lines += ["", "| occlusion rate | objects | amodal IoU | amodal = visible | gain |", "|---|---|---|---|---|"]
+        lines += ["", "| occlusion rate | objects | amodal IoU (per object) | amodal = visible | gain |", "|---|---|---|---|---|"]
         base = tf["baseline_visible_as_amodal_by_bucket"]
         for bucket, row in tf["amodal_by_bucket"].items():
             gain = None if row["giou"] is None else row["giou"] - base[bucket]["giou"]
@@ -193,21 +207,44 @@ def format_table(report: Dict[str, Any], name: str = "AURA (this model)") -> str
         occ = tf[f"occluded_{OCCLUDED}"]
         lines.append(f"| >={OCCLUDED} | {occ['count']} | {_pct(occ['amodal_giou'])} | {_pct(occ['baseline_visible_as_amodal_giou'])} | {_pct(occ['gain'])} |")
         lines += ["", f"occlusion-rate MAE {tf['occlusion_rate_mae']:.4f} (rate from {tf['occlusion_rate_source']})"]
-    gen = report.get("generated")
-    if gen:
-        lines += ["", f"Generated answers ({gen['answers']}): right [SEG] count {_pct(gen['seg_count_accuracy'])}%, "
-                  f"right objects named {_pct(gen['objects_named_accuracy'])}%, exact answer {_pct(gen['exact_answer_accuracy'])}%"]
+    e2e = report.get("end_to_end")
+    if e2e and e2e.get("samples"):
+        lines += [
+            "",
+            f"End to end (the model's own greedy answers; [SEG]s matched to objects by Hungarian on amodal IoU, unmatched "
+            f"object = 0, extra [SEG] = false positive), {e2e['objects']} objects in {e2e['samples']} QA pairs, "
+            f"{e2e['predicted_objects']} [SEG]s generated",
+            "",
+            TABLE_HEADER,
+            "|---|---|---|---|---|---|---|",
+            _mask_row(name, e2e),
+            "",
+            f"| object precision (IoU >= {e2e['match_iou']}) | object recall | right [SEG] count | right objects named | exact answer |",
+            "|---|---|---|---|---|",
+            f"| {_pct(e2e['object_precision'])} | {_pct(e2e['object_recall'])} | {_pct(e2e['seg_count_accuracy'])} | "
+            f"{_pct(e2e['objects_named_accuracy'])} | {_pct(e2e['exact_answer_accuracy'])} |",
+        ]
+    lines += ["", GIOU_NOTE]
     return "\n".join(lines)
 
 
+TABLE_HEADER = "| method | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU | amodal gIoU per object | visible gIoU per object |"
+
+
+def _mask_row(name: str, part: Dict[str, Any]) -> str:
+    keys = ("amodal_giou", "amodal_ciou", "visible_giou", "visible_ciou", "amodal_giou_per_object", "visible_giou_per_object")
+    return f"| {name} | " + " | ".join(_pct(part.get(k)) for k in keys) + " |"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate an AURA checkpoint (teacher-forced masks + generated answers).")
+    parser = argparse.ArgumentParser(description="Evaluate an AURA checkpoint (teacher-forced masks + end to end).")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: the embedded default model)")
     parser.add_argument("--data-dir", type=Path, default=None, help="data set directory (default: the cached synthetic set)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", type=Path, default=None, help="metrics JSON path (default: print only)")
     parser.add_argument("--max-samples", type=int, default=0, help="QA pairs for the mask metrics (0: all)")
-    parser.add_argument("--generation-samples", type=int, default=100, help="QA pairs whose generated answers are scored (0: none)")
+    parser.add_argument("--end-to-end-samples", type=int, default=0,
+                        help="QA pairs the model answers itself, scored end to end (0: all, -1: none)")
     parser.add_argument("--overlays", type=int, default=0, help="number of overlay PNGs to write next to --out")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -224,7 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = load_checkpoint(checkpoint, device=args.device)
     dataset = AmodalReasonSegDataset(data_dir, args.split, image_size=model.config.vision.image_size)
     overlay_dir = (args.out.parent / "overlays") if (args.out is not None and args.overlays) else None
-    report = evaluate(model, dataset, max_samples=args.max_samples, generation_samples=args.generation_samples,
+    report = evaluate(model, dataset, max_samples=args.max_samples,
+                      end_to_end_samples=None if args.end_to_end_samples < 0 else args.end_to_end_samples,
                       overlay_dir=overlay_dir, overlays=args.overlays)
     report["checkpoint"] = str(checkpoint)
     if args.out is not None:

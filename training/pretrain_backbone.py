@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -33,12 +32,11 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python training/pretrain_backbone.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from aura_core.data.synthetic import CATEGORIES, generate_scene
 from aura_core.data.transforms import preprocess_image
+from aura_core.masks import iou
 from aura_core.model.config import AuraConfig, get_config
+from aura_core.model.losses import bce_loss, dice_loss
 from aura_core.model.mask_decoder import build_sam_mask_decoder
 from aura_core.model.vision_backbone import build_sam_image_encoder
 from training.schedule import warmup_decay_lr
@@ -143,16 +141,6 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # scene drawing is numpy; leave the cores to the training process
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + Dice of (K, S, S) full-size logits against bool targets, averaged over the K masks."""
-    target = target.float()  # bool masks or soft [0, 1] targets
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    prob = logits.sigmoid().flatten(1)
-    flat = target.flatten(1)
-    dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
-    return (bce + dice).mean()
-
-
 def _upsample(low_res: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
 
@@ -162,10 +150,9 @@ def _downsample(masks: torch.Tensor, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks.float()[None], (size, size))[0]
 
 
-def _iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+def _ious(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(K,) IoUs of (K, S, S) bool masks."""
+    return torch.tensor([iou(p, g) for p, g in zip(pred.numpy(), gt.numpy())], dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -176,7 +163,7 @@ def evaluate(model: TinySam, batches: Sequence[Tuple], size: int) -> Dict[str, f
     for sam_images, points, visible, amodal, rates, categories in batches:
         for logits, v, a, r in zip(model(sam_images, points, categories), visible, amodal, rates):
             full = _upsample(logits, size) > 0
-            iou_v, iou_a, iou_b = _iou(full[:, 0], v), _iou(full[:, 1], a), _iou(full[:, 0], a)
+            iou_v, iou_a, iou_b = _ious(full[:, 0], v), _ious(full[:, 1], a), _ious(full[:, 0], a)
             vis.append(iou_v)
             amo.append(iou_a)
             base.append(iou_b)
@@ -251,7 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for logits, v, a in zip(model(sam_images, points, categories), visible, amodal):
             # Loss at the decoder's S/4 resolution against area-averaged targets: 16x cheaper than at full size.
             low = logits.shape[-1]
-            losses.append(mask_loss(logits[:, 0], _downsample(v, low)) + mask_loss(logits[:, 1], _downsample(a, low)))
+            pairs = ((logits[:, 0], _downsample(v, low)), (logits[:, 1], _downsample(a, low)))  # visible, amodal
+            losses.append(sum((bce_loss(x, t) + dice_loss(x, t)).mean() for x, t in pairs))
         loss = torch.stack(losses).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,10 +1,8 @@
 """WarmupDecayLR (paper Sec. 5.1): linear warm-up to the base lr, then linear decay to 0 at the last iteration.
 
-A small pure function anyone can read and test, plus a LambdaLR around it for the optimiser.
+A small pure function anyone can read and test; the trainers set each step's lr from it.
 """
 from __future__ import annotations
-
-import torch
 
 
 def warmup_decay_lr(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -21,11 +19,3 @@ def warmup_decay_lr(step: int, *, base_lr: float, warmup_steps: int, total_steps
         return base_lr * (step + 1) / warmup_steps
     decay_steps = total_steps - warmup_steps
     return base_lr * max(0.0, (total_steps - step) / decay_steps)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR applying `warmup_decay_lr` as a factor on each param group's initial lr."""
-    warmup_decay_lr(0, base_lr=1.0, warmup_steps=warmup_steps, total_steps=total_steps)  # validates the arguments
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_decay_lr(step, base_lr=1.0, warmup_steps=warmup_steps, total_steps=total_steps)
-    )

@@ -11,14 +11,10 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aura_core.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from aura_core.pipeline import DEFAULT_MODEL_DIR
@@ -27,16 +23,21 @@ LOG = logging.getLogger("aura.ship_default_model")
 
 
 def ship(source: Path, target: Path = DEFAULT_MODEL_DIR, metrics: Optional[Path] = None) -> Path:
-    """Write `source` (a checkpoint directory) to `target` in fp16 with the vision backbone included."""
+    """Write `source` (a checkpoint directory) to `target` in fp16, self-contained: the vision backbone and the frozen
+    (pretrained tiny) LLaVA are included, so the directory names no other file."""
     meta = read_metadata(source)
     model = load_checkpoint(source)
     extra = dict(meta.get("extra") or {})
     extra["shipped_from"] = str(source)
     if metrics is not None and metrics.is_file():
-        extra["evaluation"] = json.loads(metrics.read_text(encoding="utf-8")).get("teacher_forced")
+        report = json.loads(metrics.read_text(encoding="utf-8"))
+        extra["evaluation"] = report.get("teacher_forced")
+        end_to_end = report.get("end_to_end")
+        extra["evaluation_end_to_end"] = {k: v for k, v in end_to_end.items() if k != "examples"} if end_to_end else None
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, extra=extra, dtype=torch.float16, include_vision_backbone=True)
+    save_checkpoint(model, tmp, extra=extra, dtype=torch.float16, include_vision_backbone=True,
+                    include_pretrained_mllm=True)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

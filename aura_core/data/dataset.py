@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from aura_core.data.format import AmodalSplit, QARecord, load_split, occlusion_rate
+from aura_core.data.format import AmodalSplit, QARecord, load_split
 from aura_core.data.transforms import preprocess_image
 
 # Spatial-map classes (paper: E_SO ground truth).
@@ -73,7 +73,7 @@ class AmodalReasonSegDataset(Dataset):
         visible = np.stack(vis) if vis else np.zeros((0, h, w), bool)
         amodal = np.stack(amo) if amo else np.zeros((0, h, w), bool)
         spatial = np.stack([spatial_map(v, a) for v, a in zip(vis, amo)]) if vis else np.zeros((0, h, w), np.int64)
-        rates = [occlusion_rate(v, a) for v, a in zip(vis, amo)]
+        rates = [self.data.objects[o].occlude_rate for o in qa.object_ids]  # the data set's own (checked on load)
         phrases = qa.phrases if qa.phrases is not None else [self.data.categories[self.data.objects[o].category_id] for o in qa.object_ids]
         return {
             "image": image,

@@ -19,11 +19,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from aura_core.masks import mask_box, occlusion_rate
+from aura_core.model.tokens import SEG_TOKEN
+
 LOG = logging.getLogger(__name__)
 
-SEG_TOKEN = "[SEG]"
 IMAGES_DIR = "images"
-SPLITS = ("train", "val", "test")
+OCCLUDE_RATE_TOLERANCE = 1e-3  # a file's occlude_rate may differ from its masks' rate by rounding only
 
 PathLike = Union[str, os.PathLike]
 
@@ -94,21 +96,9 @@ def decode_segmentation(seg: Any, height: int, width: int, where: str) -> np.nda
     raise DatasetError(f"{where}: segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}")
 
 
-def mask_bbox(mask: np.ndarray) -> List[int]:
-    """COCO xywh box of a bool mask ([0, 0, 0, 0] when empty)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
-def occlusion_rate(visible: np.ndarray, amodal: np.ndarray) -> float:
-    """r = 1 - |V| / |A|: the share of the amodal area that is hidden (0 for an empty amodal mask)."""
-    amodal_area = int(amodal.sum())
-    if amodal_area == 0:
-        return 0.0
-    return float(1.0 - int(np.logical_and(visible, amodal).sum()) / amodal_area)
+def coco_bbox(mask: np.ndarray) -> List[int]:
+    """The COCO `bbox` field of a mask: xywh, [0, 0, 0, 0] for an empty mask (COCO has no "no box")."""
+    return list(mask_box(mask) or (0, 0, 0, 0))
 
 
 # ----------------------------------------------------------------------------- records
@@ -133,7 +123,7 @@ class ObjectRecord:
     visible_segmentation: Any
     bbox: List[float]
     visible_bbox: List[float]
-    occlude_rate: float
+    occlude_rate: float  # the ground-truth occlusion rate: the file's, checked against the masks (or computed from them)
 
 
 @dataclass
@@ -252,8 +242,8 @@ class SplitWriter:
             "category_id": int(category_id),
             "segmentation": encode_mask(amodal),
             "visible_segmentation": encode_mask(visible),
-            "bbox": mask_bbox(amodal),
-            "visible_bbox": mask_bbox(visible),
+            "bbox": coco_bbox(amodal),
+            "visible_bbox": coco_bbox(visible),
             "area": int(amodal.sum()),
             "visible_area": int(visible.sum()),
             "occlude_rate": round(occlusion_rate(visible, amodal), 6),
@@ -379,14 +369,18 @@ def load_split(root: PathLike, split: str, *, skip_invalid: bool = False, check_
             if int(amodal.sum()) == 0:
                 raise DatasetError(f"{where}: empty amodal segmentation")
             rate = occlusion_rate(visible, amodal)
+            if "occlude_rate" in entry and abs(float(entry["occlude_rate"]) - rate) > OCCLUDE_RATE_TOLERANCE:
+                raise DatasetError(f"{where}: occlude_rate {float(entry['occlude_rate']):.6f} disagrees with its masks "
+                                   f"(1 - |V∩A|/|A| = {rate:.6f}); fix or drop the field (converters keep a source's own "
+                                   "rate as source_occlude_rate)")
             obj = ObjectRecord(
                 id=int(entry["id"]),
                 image_id=image_id,
                 category_id=int(entry["category_id"]),
                 segmentation=entry["segmentation"],
                 visible_segmentation=entry["visible_segmentation"],
-                bbox=list(entry.get("bbox") or mask_bbox(amodal)),
-                visible_bbox=list(entry.get("visible_bbox") or mask_bbox(visible)),
+                bbox=list(entry.get("bbox") or coco_bbox(amodal)),
+                visible_bbox=list(entry.get("visible_bbox") or coco_bbox(visible)),
                 occlude_rate=float(entry.get("occlude_rate", rate)),
             )
             if obj.id in objects:

@@ -19,7 +19,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aura_core.data.format import SEG_TOKEN, SplitWriter
+from aura_core.data.format import SplitWriter
+from aura_core.masks import occlusion_rate
+from aura_core.model.tokens import SEG_TOKEN
 
 LOG = logging.getLogger(__name__)
 
@@ -213,7 +215,7 @@ class SyntheticObject:
     category_id: int
     visible: np.ndarray  # bool HxW
     amodal: np.ndarray  # bool HxW
-    occlusion_rate: float  # 1 - |V| / |A|
+    occlusion_rate: float  # aura_core.masks.occlusion_rate(visible, amodal); visible is inside amodal here
     depth: int  # 0 = farthest (drawn first)
 
 
@@ -332,7 +334,7 @@ def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfi
             category_id=p.category.id,
             visible=v,
             amodal=p.amodal,
-            occlusion_rate=float(1.0 - v.sum() / p.amodal.sum()),
+            occlusion_rate=occlusion_rate(v, p.amodal),
             depth=d,
         )
         for d, (p, v) in enumerate(zip(placed, visible))

@@ -1,6 +1,7 @@
 """SAM preprocessing and its inverse: the image goes in resized/normalised/padded, masks come back at full size.
 
-The model and the pipeline import these two functions, so their names and signatures stay stable.
+`preprocess_image` (data set, pipeline, pretext trainer) and `postprocess_masks` (model, pipeline) are the pair SAM
+defines; `resized_shape` is the size rule both follow; `resize_masks` puts masks onto the padded SAM frame.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SamBackend on ONNX Runtime: the pipeline's encode / decode_visible / decode_amodal run the exported graphs.
+"""SamBackend on ONNX Runtime: encode_image / decode_visible / decode_amodal run the exported graphs.
 
 The LLM and the Prompt Encoder stay in torch; tensors cross over as numpy arrays (host memory), which is what the CPU
 provider needs anyway. On a CUDA build of onnxruntime, device "cuda[:N]" selects the CUDA provider.
@@ -87,7 +87,7 @@ class OnnxRuntimeSamBackend:
             torch.zeros((0,), device=self.output_device),
         )
 
-    def encode(self, sam_image: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, sam_image: torch.Tensor) -> torch.Tensor:
         return self._run(IMAGE_ENCODER, sam_image=sam_image)[0]
 
     def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -329,7 +329,7 @@ class TensorRTSamBackend:
             return empty
         return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
-    def encode(self, sam_image: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, sam_image: torch.Tensor) -> torch.Tensor:
         return self.engines[IMAGE_ENCODER](sam_image=sam_image)[0]
 
     def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,1 +1,1 @@
-"""The AURA model: one paper box per file (see aura_core/model/README in docs/ARCHITECTURE.md)."""
+"""The AURA model: one paper box per file (the table of boxes and files is in docs/ARCHITECTURE.md)."""

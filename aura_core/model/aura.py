@@ -1,15 +1,20 @@
 """AuraModel (Fig. 2): the Multi-Modal LLM, the Vision Backbone and the SAM-side boxes composed into one module.
 
-The model is a pure function of its inputs; the pipeline (aura_core/pipeline.py) owns caching across calls. The two
-Table 2 switches (`use_occlusion_condition_encoder`, `use_spatial_occlusion_encoder`) decide whether E_OC and E_SO
-exist at all: an ablated box is `None`, has no parameters and produces no output (and, in losses.py, no loss term).
+The model is a pure function of its inputs; the pipeline (aura_core/pipeline.py) owns caching across calls. Its SAM-side
+stages (`encode_image`, `decode_visible`, `decode_amodal`) are the `SamBackend` protocol, which the ONNX Runtime and
+TensorRT backends of aura_core/export also implement; `decode_prompts` is the one decode sequence that training and
+the pipeline share, on whichever backend.
+
+The two Table 2 switches (`use_occlusion_condition_encoder`, `use_spatial_occlusion_encoder`) decide whether E_OC and
+E_SO exist at all: an ablated box is `None`, has no parameters and produces no output (and, in losses.py, no loss term).
 Without E_OC the Amodal Mask Decoder is prompted with e_r directly and no occlusion rate is predicted.
 """
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,6 +41,42 @@ class AuraOutput:
     amodal_scores: List[torch.Tensor]  # (K,)
     occlusion_rates: Optional[List[torch.Tensor]]  # (K,) r_hat; None without E_OC
     spatial_logits: Optional[List[torch.Tensor]]  # (K, 3, H, W); None without E_SO
+
+
+class SamBackend(Protocol):
+    """The SAM-side stages, batch-first tensors on the backend's device. AuraModel is one (its own torch modules); the
+    ONNX Runtime / TensorRT backends of aura_core/export run exported graphs of the same stages."""
+
+    def encode_image(self, sam_images: torch.Tensor) -> torch.Tensor:
+        """(1, 3, S, S) preprocessed image -> (1, C, h, w) image embedding F_I."""
+
+    def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """D_V: (1, C, h, w), (K, C) -> low-res visible logits (K, h', w'), scores (K,)."""
+
+    def decode_amodal(
+        self, image_embedding: torch.Tensor, e_r: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """E_OC then D_A: (1, C, h, w), (K, C) -> low-res amodal logits, scores (K,), r_hat (K,) or None without E_OC."""
+
+
+# Wraps each stage of `decode_prompts` by name ("prompt_encoder", "visible_mask_decoder", "amodal_mask_decoder"),
+# e.g. to time it; the default does nothing.
+StageContext = Callable[[str], ContextManager[Any]]
+
+
+def _no_stage_context(stage: str) -> ContextManager[Any]:
+    return nullcontext()
+
+
+@dataclass
+class PromptDecoding:
+    """Low-resolution output of the two mask decoders for K [SEG]s of one image (before `postprocess_masks`)."""
+
+    visible_logits: torch.Tensor  # (K, h', w')
+    visible_scores: torch.Tensor  # (K,)
+    amodal_logits: torch.Tensor  # (K, h', w')
+    amodal_scores: torch.Tensor  # (K,)
+    occlusion_rates: Optional[torch.Tensor]  # (K,) r_hat; None without E_OC
 
 
 class AuraModel(nn.Module):
@@ -71,7 +112,7 @@ class AuraModel(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_encoder.no_mask_embed.weight.device
 
-    # --- SAM-side stages (also what the pipeline's torch backend calls) -------------------------------------------
+    # --- SAM-side stages: this model is the pipeline's "torch" SamBackend -------------------------------------------
     def encode_image(self, sam_images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, h, w) image embeddings F_I (frozen backbone, no graph)."""
         with torch.no_grad():
@@ -94,6 +135,29 @@ class AuraModel(nn.Module):
         logits, scores = self.amodal_mask_decoder(image_embedding, prompt, pe.dense_embedding(), pe.dense_pe())
         return logits, scores, rates
 
+    def decode_prompts(
+        self,
+        image_embedding: torch.Tensor,
+        seg_hidden: torch.Tensor,
+        *,
+        sam: Optional[SamBackend] = None,
+        stage: StageContext = _no_stage_context,
+    ) -> PromptDecoding:
+        """The SAM decode sequence for one image: E_P on the [SEG] states, then D_V on e_r, then E_OC and D_A.
+
+        Arguments: image_embedding (1, C, h, w) F_I; seg_hidden (K, hidden) [SEG] states; sam runs the two decoder
+        stages (default: this model's torch modules; the pipeline passes its backend); stage wraps each stage by name.
+        Training (`decode`) and inference (`AuraPipeline.segment`) both run this.
+        """
+        sam = self if sam is None else sam
+        with stage("prompt_encoder"):
+            e_r = self.prompt_encoder(seg_hidden.to(self.device))
+        with stage("visible_mask_decoder"):
+            visible_logits, visible_scores = sam.decode_visible(image_embedding, e_r)
+        with stage("amodal_mask_decoder"):
+            amodal_logits, amodal_scores, rates = sam.decode_amodal(image_embedding, e_r)
+        return PromptDecoding(visible_logits, visible_scores, amodal_logits, amodal_scores, rates)
+
     def decode(
         self,
         image_embedding: torch.Tensor,
@@ -103,12 +167,12 @@ class AuraModel(nn.Module):
     ) -> Dict[str, Optional[torch.Tensor]]:
         """All SAM-side boxes for one image: (1, C, h, w) F_I and (K, hidden) [SEG] states -> outputs at original size.
 
+        `decode_prompts`, then E_SO on the low-resolution masks (training only), all upsampled to the original size.
         Keys: visible_logits, amodal_logits (K, H, W); visible_scores, amodal_scores (K,); occlusion_rates (K,) or
         None; spatial_logits (K, 3, H, W) or None.
         """
-        e_r = self.prompt_encoder(seg_hidden.to(self.device))
-        visible_low, visible_scores = self.decode_visible(image_embedding, e_r)
-        amodal_low, amodal_scores, rates = self.decode_amodal(image_embedding, e_r)
+        low = self.decode_prompts(image_embedding, seg_hidden)
+        visible_low, amodal_low = low.visible_logits, low.amodal_logits
         size = self.config.vision.image_size
         resize_hw, original_hw = tuple(resize_hw), tuple(original_hw)
         spatial = None
@@ -120,9 +184,9 @@ class AuraModel(nn.Module):
         return {
             "visible_logits": postprocess_masks(visible_low, resize_hw, original_hw, size),
             "amodal_logits": postprocess_masks(amodal_low, resize_hw, original_hw, size),
-            "visible_scores": visible_scores,
-            "amodal_scores": amodal_scores,
-            "occlusion_rates": rates,
+            "visible_scores": low.visible_scores,
+            "amodal_scores": low.amodal_scores,
+            "occlusion_rates": low.occlusion_rates,
             "spatial_logits": spatial,
         }
 

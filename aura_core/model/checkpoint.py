@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is incomplete or does not match the model its config builds."""
 
 
-def _saved_keys(model: AuraModel, include_vision_backbone: bool) -> Set[str]:
+def _saved_keys(model: AuraModel, include_vision_backbone: bool, include_pretrained_mllm: bool = False) -> Set[str]:
     """State-dict keys a checkpoint of `model` holds (see the module docstring)."""
     config = model.config
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -44,7 +44,7 @@ def _saved_keys(model: AuraModel, include_vision_backbone: bool) -> Set[str]:
     for key in model.state_dict():
         if key.startswith("vision_backbone.") and config.vision.checkpoint and not include_vision_backbone:
             continue
-        if key.startswith("mllm.") and config.mllm.pretrained_path and key not in trainable:
+        if key.startswith("mllm.") and config.mllm.pretrained_path and key not in trainable and not include_pretrained_mllm:
             continue
         keys.add(key)
     return keys
@@ -57,6 +57,8 @@ def save_checkpoint(
     extra: Optional[Mapping[str, Any]] = None,
     dtype: Optional[torch.dtype] = None,
     include_vision_backbone: bool = False,
+    include_pretrained_mllm: bool = False,
+    state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Path:
     """Write `model` to `directory` (created if needed) and return it.
 
@@ -66,12 +68,18 @@ def save_checkpoint(
         model's own dtype.
       include_vision_backbone: also store a backbone that came from `config.vision.checkpoint`; the saved config then
         names no .pth, so the directory works on its own (used for the small embedded default model).
+      include_pretrained_mllm: also store the frozen LLaVA weights that came from `config.mllm.pretrained_path`; the
+        saved config then names no LLaVA directory and carries the loaded LLaVA's sizes (for the small tiny LLaVA of
+        the embedded default model; a 7B would be copied whole).
+      state: the model's full state dict where `model.state_dict()` is not (an FSDP-sharded model; the trainer
+        gathers it).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    keys = _saved_keys(model, include_vision_backbone)
+    keys = _saved_keys(model, include_vision_backbone, include_pretrained_mllm)
+    full = state if state is not None else model.state_dict()
     state = {}
-    for key, value in model.state_dict().items():
+    for key, value in full.items():
         if key in keys:
             value = value.detach().to("cpu")
             if dtype is not None and value.is_floating_point():
@@ -81,6 +89,10 @@ def save_checkpoint(
     config = model.config
     if include_vision_backbone and config.vision.checkpoint:
         config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, checkpoint=None))
+    if include_pretrained_mllm and config.mllm.pretrained_path:
+        config = dataclasses.replace(config, mllm=_sizes_of(model, config.mllm))
+    if config.prompt_projection:  # the (trainable) projection is in the weights file; the source file is not needed
+        config = dataclasses.replace(config, prompt_projection=None)
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -92,6 +104,23 @@ def save_checkpoint(
     model.mllm.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
     LOGGER.info("saved checkpoint %s (%d tensors)", directory, len(state))
     return directory
+
+
+def _sizes_of(model: AuraModel, mllm: Any) -> Any:
+    """`mllm` (an MLLMConfig) with no pretrained path and the sizes of the LLaVA actually loaded, so that a random-init
+    build of the saved config has exactly the shapes of the saved tensors."""
+    core = model.mllm.core.config
+    text, vision = core.text_config, core.vision_config
+    if (core.vision_feature_layer, core.vision_feature_select_strategy) != (-2, "default") or \
+            getattr(core, "projector_hidden_act", "gelu") != "gelu" or text.num_key_value_heads != text.num_attention_heads:
+        raise ValueError("include_pretrained_mllm: this LLaVA differs from a random-init one in more than its sizes")
+    return dataclasses.replace(
+        mllm, pretrained_path=None, hidden_size=text.hidden_size, num_layers=text.num_hidden_layers,
+        num_heads=text.num_attention_heads, intermediate_size=text.intermediate_size,
+        vision_hidden_size=vision.hidden_size, vision_layers=vision.num_hidden_layers,
+        vision_heads=vision.num_attention_heads, vision_intermediate_size=vision.intermediate_size,
+        vision_image_size=vision.image_size, vision_patch_size=vision.patch_size,
+    )
 
 
 def read_metadata(directory: Union[str, Path]) -> Dict[str, Any]:
@@ -127,7 +156,10 @@ def load_checkpoint(directory: Union[str, Path], device: Union[str, torch.device
     if not (directory / TOKENIZER_DIR).is_dir():
         raise CheckpointError(f"{directory / TOKENIZER_DIR} is missing")
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
-    model = build_aura_model(config, tokenizer=tokenizer, base_dir=directory)
+    # The weights file supplies every tensor the named local files do not (checked strictly below), so a part without
+    # a local path is not a random init here.
+    model = build_aura_model(dataclasses.replace(config, allow_random_init=True), tokenizer=tokenizer, base_dir=directory)
+    model.config = config
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as error:
@@ -139,7 +171,8 @@ def load_checkpoint(directory: Union[str, Path], device: Union[str, torch.device
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not match the model built from {CONFIG_FILE}: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"{len(missing)} missing ({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}), "
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:10])}{', ...' if len(unexpected) > 10 else ''})"
         )
     for key, value in state.items():
         if value.shape != own[key].shape:

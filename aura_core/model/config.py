@@ -1,9 +1,10 @@
 """Model sizes live here and only here: dataclasses plus a registry of named configs.
 
 `get_config("tiny")` is the CPU model the tests and the default training run use; `paper-7b` is the
-paper's LLaVA-7B-v1-1 + SAM ViT-H. Paper-scale configs load real weights from local paths
-(`mllm.pretrained_path`, `vision.checkpoint`); with those left empty they build the same shapes with
-random weights (for latency benchmarks).
+paper's LLaVA-7B-v1-1 + SAM ViT-H, `paper-7b-llava15` the same with llava-hf 1.5 (CLIP-L/14 at 336 px, 576
+image tokens, MLP projector). Paper-scale configs load real weights from local paths (`mllm.pretrained_path`,
+`vision.checkpoint`, optionally `prompt_projection`); with a path left empty, building one is an error
+(`WeightsError`) unless `allow_random_init` is set (latency benchmarks, tests).
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ class MLLMConfig:
     vision_image_size: int = 224
     vision_patch_size: int = 14
     max_length: int = 768  # longest conversation in tokens, the image's feature tokens (256 at 224/14) included
+    # What happens to a sample longer than max_length (see MultiModalLLM.encode): "fit" drops the oldest history
+    # rounds, then shortens the question (its first words kept), then cuts the answer after its last [SEG]; each
+    # such sample is counted (MultiModalLLM.truncated, logged by the trainer). "error" raises instead.
+    truncation: str = "fit"
+    max_new_tokens: int = 512  # default longest generated answer (LISA generates up to 512)
     # LLaVA-v1 system line before the first "USER:"; empty for the tiny word-level model.
     system_prompt: str = (
         "A chat between a curious human and an artificial intelligence assistant. "
@@ -100,6 +106,12 @@ class AuraConfig:
     """Everything that fixes the model's shapes and which paper boxes exist (Table 2 ablation switches)."""
 
     name: str = "custom"
+    # False: building with mllm.pretrained_path or vision.checkpoint empty is an error (the paper configs); set it to
+    # true to build those parts with random weights on purpose.
+    allow_random_init: bool = False
+    # Optional safetensors with the Prompt Encoder's `projection.*` (e.g. LISA's [SEG] projection, written by
+    # aura-convert-weights); None: random init.
+    prompt_projection: Optional[str] = None
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     vision: VisionBackboneConfig = field(default_factory=VisionBackboneConfig)
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
@@ -111,6 +123,7 @@ class AuraConfig:
 
 _TINY = AuraConfig(
     name="tiny",
+    allow_random_init=True,  # the tiny LLaVA has no pretrained weights
     mllm=MLLMConfig(
         hidden_size=128,
         num_layers=2,
@@ -123,6 +136,7 @@ _TINY = AuraConfig(
         vision_image_size=64,
         vision_patch_size=16,
         max_length=256,
+        max_new_tokens=64,
         system_prompt="",
         dtype="float32",
         lora_r=32,  # generous: the random-init LLM has to learn its text through LoRA + embeddings
@@ -144,6 +158,10 @@ _VIT_L = VisionBackboneConfig(embed_dim=1024, depth=24, num_heads=16, global_att
 _VIT_B = VisionBackboneConfig(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11))
 _LLAVA_7B = MLLMConfig()
 _LLAVA_13B = MLLMConfig(hidden_size=5120, num_layers=40, num_heads=40, intermediate_size=13824)
+# llava-hf/llava-1.5-*: CLIP-L/14 at 336 px (576 image tokens) and a 2-layer MLP projector; max_length leaves 448
+# tokens for the question and answer after the image.
+_LLAVA15_7B = MLLMConfig(vision_image_size=336, max_length=1024)
+_LLAVA15_13B = dataclasses.replace(_LLAVA_13B, vision_image_size=336, max_length=1024)
 
 CONFIGS: Dict[str, AuraConfig] = {
     "tiny": _TINY,
@@ -152,11 +170,36 @@ CONFIGS: Dict[str, AuraConfig] = {
     "paper-7b-vit-b": AuraConfig(name="paper-7b-vit-b", mllm=_LLAVA_7B, vision=_VIT_B),
     "13b": AuraConfig(name="13b", mllm=_LLAVA_13B, vision=_VIT_H),
     "llama2-13b": AuraConfig(name="llama2-13b", mllm=_LLAVA_13B, vision=_VIT_H),
+    "paper-7b-llava15": AuraConfig(name="paper-7b-llava15", mllm=_LLAVA15_7B, vision=_VIT_H),
+    "13b-llava15": AuraConfig(name="13b-llava15", mllm=_LLAVA15_13B, vision=_VIT_H),
 }
 
 
 class ConfigError(ValueError):
     """A config key that does not exist or a value of the wrong kind."""
+
+
+TRUNCATION_POLICIES = ("fit", "error")
+
+
+class WeightsError(ConfigError):
+    """A config that would build pretrained parts with random weights without saying so (allow_random_init)."""
+
+
+def check_weights(config: "AuraConfig") -> None:
+    """WeightsError naming the empty weight paths of a config that needs them (allow_random_init false)."""
+    if config.mllm.truncation not in TRUNCATION_POLICIES:
+        raise ConfigError(f"mllm.truncation must be one of {TRUNCATION_POLICIES}, got {config.mllm.truncation!r}")
+    if config.allow_random_init:
+        return
+    empty = [key for key, value in (("mllm.pretrained_path", config.mllm.pretrained_path),
+                                    ("vision.checkpoint", config.vision.checkpoint)) if not value]
+    if empty:
+        raise WeightsError(
+            f"model config '{config.name}': {' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty, which "
+            "would train/run a model with random weights; give the local weight paths (docs/TRAINING.md), or set "
+            "allow_random_init: true to build random weights on purpose"
+        )
 
 
 def _is_float(text: str) -> bool:

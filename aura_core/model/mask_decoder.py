@@ -16,7 +16,7 @@ from segment_anything.modeling import TwoWayTransformer
 from torch import nn
 
 from aura_core.model.config import MaskDecoderConfig
-from aura_core.model.vision_backbone import load_prefixed
+from aura_core.model.sam_checkpoint import load_prefixed
 
 LOGGER = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from aura_core.model.config import MLLMConfig
+from aura_core.model.config import MLLMConfig, WeightsError
 from aura_core.model.tokenizer import (
     IGNORE_INDEX,
     PromptTemplate,
@@ -115,6 +115,41 @@ def _image_seq_length(llava: LlavaForConditionalGeneration) -> int:
     return n if llava.config.vision_feature_select_strategy == "default" else n + 1
 
 
+ORIGINAL_LLAVA_ARCHITECTURES = ("LlavaLlamaForCausalLM", "LISAForCausalLM", "LlavaMptForCausalLM", "LlavaMistralForCausalLM")
+
+
+def check_llava_hf_dir(path: Path) -> None:
+    """WeightsError when `path` is not an llava-hf directory, e.g. an original LLaVA-repo or LISA checkpoint (which
+    llava-hf would load as a default-sized model matching none of its keys)."""
+    import json
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"MLLMConfig.pretrained_path {path}: no config.json (expected an HF-format LLaVA directory)")
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path / 'config.json'}: invalid JSON: {error}") from error
+    architectures = meta.get("architectures") or []
+    original = [a for a in architectures if a in ORIGINAL_LLAVA_ARCHITECTURES]
+    if original or "mm_vision_tower" in meta or "text_config" not in meta:
+        what = original[0] if original else "not llava-hf (no text_config)"
+        raise WeightsError(
+            f"MLLMConfig.pretrained_path {path} is an original LLaVA-repo/LISA checkpoint ({what}); convert it first: "
+            f"aura-convert-weights {path} OUT (see docs/TRAINING.md), then use OUT/llava"
+        )
+
+
+def check_loading_info(path: Path, info: Dict[str, object]) -> None:
+    """WeightsError naming the missing / unexpected / mismatched tensors of a from_pretrained load (strict loading)."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in (info.get(kind) or ()))
+        if keys:
+            problems.append(f"{len(keys)} {kind.replace('_keys', '')} ({', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''})")
+    if problems:
+        raise WeightsError(f"MLLMConfig.pretrained_path {path}: the checkpoint does not match llava-hf: " + "; ".join(problems))
+
+
 def check_image(image: object, where: str = "image") -> np.ndarray:
     """An RGB uint8 HxWx3 array, or a ValueError saying what is wrong with it."""
     if not isinstance(image, np.ndarray):
@@ -148,6 +183,7 @@ class MultiModalLLM(nn.Module):
                 f"LLaVA config image_token_index {llava.config.image_token_id} != tokenizer <image> id {self.image_token_id}"
             )
         self.image_seq_length = _image_seq_length(llava)
+        self.truncated = 0  # samples shortened to max_length by the "fit" truncation policy (see encode)
         self.template = PromptTemplate(
             tokenizer=tokenizer, image_seq_length=self.image_seq_length, system_prompt=config.system_prompt
         )
@@ -159,19 +195,24 @@ class MultiModalLLM(nn.Module):
     def build(cls, config: MLLMConfig, tokenizer: Optional[PreTrainedTokenizerBase] = None) -> "MultiModalLLM":
         """Random-init LLaVA of the configured sizes, or the one in `config.pretrained_path` (local only).
 
-        `tokenizer` None: the tokenizer of the pretrained directory, or the tiny word-level one built
-        from the synthetic corpus. The embedding grows when the tokenizer gained [SEG]/<image>.
+        `tokenizer` None: the tokenizer of the pretrained directory, or the tiny word-level one shipped as
+        a file (`default_word_tokenizer`). The embedding grows when the tokenizer gained [SEG]/<image>.
         """
         dtype = getattr(torch, config.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"MLLMConfig.dtype '{config.dtype}' is not a torch dtype")
         if config.pretrained_path:
             path = Path(config.pretrained_path)
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"MLLMConfig.pretrained_path {path}: no config.json (expected an HF-format LLaVA directory)")
+            check_llava_hf_dir(path)
             tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
             _, image_token_id = add_aura_tokens(tokenizer)
-            llava = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            try:
+                llava, info = LlavaForConditionalGeneration.from_pretrained(
+                    str(path), dtype=dtype, local_files_only=True, output_loading_info=True
+                )
+            except RuntimeError as error:  # transformers raises on shape mismatches
+                raise WeightsError(f"MLLMConfig.pretrained_path {path}: {error}") from error
+            check_loading_info(path, info)
             if (path / "preprocessor_config.json").is_file():
                 image_processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
             else:
@@ -256,14 +297,10 @@ class MultiModalLLM(nn.Module):
             history = (histories[i] if histories is not None else None) or ()
             try:
                 ids, labels = self.template.build(questions[i], answer, history)
+                if len(ids) > self.config.max_length:
+                    ids, labels = self._fit(i, questions[i], answer, history, len(ids))
             except ValueError as err:
                 raise ValueError(f"sample {i}: {err}") from None
-            if len(ids) > self.config.max_length:
-                what = "question and answer" if answer is not None else "question"
-                raise ValueError(
-                    f"sample {i}: {what} take {len(ids)} tokens ({self.image_seq_length} of them image features), "
-                    f"more than max_length={self.config.max_length}"
-                )
             rows.append(ids)
             label_rows.append(labels)
         width = max(len(r) for r in rows)
@@ -284,6 +321,45 @@ class MultiModalLLM(nn.Module):
         if answers is not None:
             out["labels"] = labels.to(self.device)
         return out
+
+    def _fit(self, i: int, question: str, answer: Optional[str], history: Sequence[Round], length: int) -> tuple:
+        """Truncation policy for a conversation longer than max_length (MLLMConfig.truncation):
+
+        "fit": (1) drop the oldest history rounds; (2) keep only the first words of the question; (3) cut the answer
+        after its last [SEG] (its masks stay aligned; the cut tail and </s> get no loss). Counted in `self.truncated`.
+        A sample whose image, first question word and answer up to its last [SEG] do not fit is still an error.
+        "error": raise.
+        """
+        limit = self.config.max_length
+        what = "question and answer" if answer is not None else "question"
+        if self.config.truncation != "fit":
+            raise ValueError(f"{what} take {length} tokens ({self.image_seq_length} of them image features), more "
+                             f"than max_length={limit} (mllm.truncation: error)")
+        self.truncated += 1
+        history = list(history)
+        while history:
+            history = history[1:]
+            ids, labels = self.template.build(question, answer, history)
+            if len(ids) <= limit:
+                return ids, labels
+        words = question.split()
+        lo, hi = 1, len(words)  # binary search: the longest prefix of the question's words that fits
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            ids, labels = self.template.build(" ".join(words[:mid]), answer, ())
+            if len(ids) <= limit:
+                best, lo = (ids, labels), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None:
+            return best
+        ids, labels = self.template.build(words[0] if words else question, answer, ())
+        seg_positions = [p for p, t in enumerate(ids) if t == self.seg_token_id]
+        if answer is not None and (not seg_positions or seg_positions[-1] < limit):
+            return ids[:limit], labels[:limit]
+        raise ValueError(f"{what} cannot be fitted into max_length={limit}: the image features "
+                         f"({self.image_seq_length}) and the answer up to its last [SEG] alone take more")
 
     def _hidden(self, **kwargs) -> tuple:
         """Last-layer hidden states (B, T, hidden) and the KV cache of the LLaVA body."""
@@ -308,9 +384,16 @@ class MultiModalLLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, image: np.ndarray, question: str, history: Optional[Sequence[Round]] = None, max_new_tokens: int = 64
+        self,
+        image: np.ndarray,
+        question: str,
+        history: Optional[Sequence[Round]] = None,
+        max_new_tokens: Optional[int] = None,
     ) -> MLLMGeneration:
-        """Greedy decoding with the KV cache (eval mode for the call); stops at </s>, max_new_tokens or max_length."""
+        """Greedy decoding with the KV cache (eval mode for the call); stops at </s>, max_new_tokens (None: the config's,
+        512 for the paper configs as LISA) or max_length."""
+        if max_new_tokens is None:
+            max_new_tokens = self.config.max_new_tokens
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         inputs = self.encode([image], [question], None, [history] if history else None)

@@ -1,8 +1,8 @@
 """Occlusion Condition Encoder E_OC (Fig. 3): e_r -> occlusion-aware embedding e_oa, and the occlusion rate r_hat.
 
-e_oa prompts the Amodal Mask Decoder. It is e_r plus an MLP correction (a residual, so at initialisation the amodal
-decoder starts from the same prompt as the visible one). A Linear + Sigmoid head on e_r predicts r_hat in [0, 1],
-supervised by MSE against r = 1 - |M_v| / |M_a|.
+e_oa prompts the Amodal Mask Decoder. It is e_r plus a learned MLP correction (a residual: E_OC only has to learn how
+the amodal prompt differs from the visible one). A Linear + Sigmoid head on e_r predicts r_hat in [0, 1], supervised by
+MSE against r = 1 - |M_v ∩ M_a| / |M_a| (aura_core.masks.occlusion_rate).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from aura_core.model.vision_backbone import SamCheckpointError
+from aura_core.model.sam_checkpoint import SamCheckpointError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,41 +1,40 @@
 """The Multi-Modal LLM's tokenizer and its LLaVA-v1 prompt template.
 
 Two tokenizers can sit behind the MLLM: the one shipped in a local HF-format LLaVA directory (paper
-scale), or, for the tiny random-init model, a word-level tokenizer built from the synthetic QA
-corpus. Both gain `[SEG]` (one id each, asserted) and `<image>`. The template turns (question,
-answer) rounds into token ids and answer-only labels:
+scale), or, for the tiny random-init model, the word-level tokenizer shipped as a file,
+aura_core/assets/tiny_tokenizer/tokenizer.json (the default model's ids; remade only on purpose, by
+`python -m training.tiny_tokenizer`). Both gain `[SEG]` (one id each, asserted) and `<image>`. The
+template turns (question, answer) rounds into token ids and answer-only labels:
 
     {system} USER: <image>\n{question} ASSISTANT: {answer}</s>USER: {question 2} ASSISTANT: ...
 
-`<image>` is expanded to one id per image feature, as transformers' LLaVA expects.
+`<image>` is expanded to one id per image feature, as transformers' LLaVA expects. Questions are
+text: a special token typed in one ("<image> what?", "[SEG]", "</s>") is encoded as plain words,
+never as a control token (see `PromptTemplate.build`).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from aura_core.data.format import SEG_TOKEN
+from aura_core.model.tokens import BOS, EOS, IMAGE_TOKEN, PAD, SEG_TOKEN, UNK
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100  # label of every token that is not part of the answer being trained
-BOS, EOS, UNK, PAD = "<s>", "</s>", "[UNK]", "[PAD]"
 
 Round = Tuple[str, str]  # (question, answer) of one earlier round of a conversation
 
+TINY_TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "tiny_tokenizer" / "tokenizer.json"
+
 # Everything the template itself writes, so the word-level vocabulary always covers it.
 _TEMPLATE_TEXT = "USER: ASSISTANT: A chat between a curious human and an artificial intelligence assistant."
-_CORPUS_SCENES = 100  # the synthetic vocabulary saturates after ~50 scenes
-_CORPUS_SEED = 1234
 
 
 def build_word_tokenizer(corpus: Iterable[str], *, with_aura_tokens: bool = True) -> PreTrainedTokenizerFast:
@@ -66,26 +65,15 @@ def _wrap(tok: Tokenizer, with_aura_tokens: bool = True) -> PreTrainedTokenizerF
     return wrapped
 
 
-def synthetic_corpus(scenes: int = _CORPUS_SCENES, seed: int = _CORPUS_SEED) -> List[str]:
-    """Questions and answers of `scenes` small synthetic scenes: the default tiny-tokenizer corpus."""
-    from aura_core.data.synthetic import generate_scene  # late: only the tiny model needs the generator
-
-    rng = np.random.default_rng(seed)
-    texts: List[str] = []
-    for _ in range(scenes):
-        for qa in generate_scene(rng, 64).qa:
-            texts += [qa.question, qa.answer]
-    return texts
-
-
-@functools.lru_cache(maxsize=1)
-def _default_word_tokenizer_json() -> str:
-    return build_word_tokenizer(synthetic_corpus()).backend_tokenizer.to_str()
-
-
 def default_word_tokenizer() -> PreTrainedTokenizerFast:
-    """The tiny model's tokenizer (built once per process from the synthetic corpus, then copied)."""
-    return _wrap(Tokenizer.from_str(_default_word_tokenizer_json()))
+    """The tiny model's tokenizer, read from TINY_TOKENIZER_FILE (a fresh object per call).
+
+    The file fixes the ids the shipped default model's embedding rows were trained with; the synthetic
+    generator's wording does not change it (training/tiny_tokenizer.py remakes it, on purpose only).
+    """
+    if not TINY_TOKENIZER_FILE.is_file():
+        raise FileNotFoundError(f"{TINY_TOKENIZER_FILE} is missing (remake it: python -m training.tiny_tokenizer)")
+    return _wrap(Tokenizer.from_file(str(TINY_TOKENIZER_FILE)))
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -119,7 +107,11 @@ def add_aura_tokens(tokenizer: PreTrainedTokenizerBase) -> Tuple[int, int]:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """LLaVA-v1 conversation format; builds ids and answer-only labels for one sample."""
+    """LLaVA-v1 conversation format; builds ids and answer-only labels for one sample.
+
+    Training (`MultiModalLLM.forward` batches) and inference (`generate`) both build their ids here, so
+    a question tokenises the same way in both.
+    """
 
     tokenizer: PreTrainedTokenizerBase
     image_seq_length: int  # number of image features = number of <image> ids after expansion
@@ -129,15 +121,44 @@ class PromptTemplate:
         seg_id, image_id = add_aura_tokens(self.tokenizer)
         object.__setattr__(self, "seg_token_id", seg_id)
         object.__setattr__(self, "image_token_id", image_id)
+        tok = self.tokenizer
+        control = {seg_id, image_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id} - {tok.unk_token_id, None}
+        object.__setattr__(self, "_control_ids", frozenset(control))
 
     def _ids(self, text: str) -> List[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        """The template's own text: its special tokens are control tokens."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False))
+
+    def _text_ids(self, text: str) -> List[int]:
+        """Text from outside the template: a special token written in it is split into plain words."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)) if text else []
+        leaked = sorted(set(ids) & self._control_ids)
+        if leaked:  # e.g. a non-special added token, which split_special_tokens does not split
+            tokens = self.tokenizer.convert_ids_to_tokens(leaked)
+            raise ValueError(f"the tokenizer reads {tokens} in plain text as control tokens; make them special tokens")
+        return ids
+
+    def _answer_ids(self, answer: str) -> List[int]:
+        """An answer's ids: each `[SEG]` is the [SEG] id, every other special token is plain words."""
+        pieces = answer.split(SEG_TOKEN)
+        ids = self._text_ids(pieces[0])
+        for piece in pieces[1:]:
+            ids += [self.seg_token_id] + self._text_ids(piece)
+        return ids
 
     def build(self, question: str, answer: Optional[str] = None, history: Sequence[Round] = ()) -> Tuple[List[int], List[int]]:
         """(input_ids, labels) of a conversation: earlier rounds, then `question` and its `answer`.
 
         Only the last answer (and its </s>) is labelled; earlier rounds are context. Without an
         answer the ids end with "ASSISTANT:", ready for generation, and labels are all ignored.
+
+        Questions (this one and the history's) are user text: `<image>`, `[SEG]`, `<s>`, `</s>`, the pad
+        token... written in one are encoded as plain words, so the prompt has exactly one image slot
+        (`image_seq_length` ids) and no [SEG] id from a question. Answers (the training target, and the
+        history's, which are the model's own earlier answers) keep `[SEG]` as the [SEG] id, since that is
+        what the model writes and reads back, and encode every other special token as plain words. The
+        role markers "USER:"/"ASSISTANT:" are ordinary words in LLaVA-v1 (no tokenizer has a control
+        token for them), so typed ones reach the model as the same plain words the template writes.
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty")
@@ -151,14 +172,14 @@ class PromptTemplate:
             prompt = self._ids(head)
             if k == 0:
                 prompt += [self.image_token_id] * self.image_seq_length + self._ids("\n")
-            prompt += self._ids(f"{q} ASSISTANT:")
+            prompt += self._text_ids(f"{q} ASSISTANT:")  # "ASSISTANT:" holds no special token: plain either way
             ids += prompt
             labels += [IGNORE_INDEX] * len(prompt)
             if a is None:
                 if k != len(rounds) - 1:
                     raise ValueError(f"history round {k}: answer is missing")
                 break
-            reply = self._ids(a) + [self.tokenizer.eos_token_id]
+            reply = self._answer_ids(a) + [self.tokenizer.eos_token_id]
             ids += reply
             labels += reply if k == len(rounds) - 1 else [IGNORE_INDEX] * len(reply)
         return ids, labels

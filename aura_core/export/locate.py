@@ -1,19 +1,19 @@
-"""Pipeline backends "onnxruntime" and "tensorrt": where their ONNX files come from, and the factories.
+"""Where an exported backend's ONNX files come from: a given directory, `<checkpoint>/onnx`, or a per-user cache.
 
 `AuraPipeline.from_pretrained(ckpt, backend="onnxruntime")` looks for an export of that checkpoint in `<ckpt>/onnx`
 (what `training/export.py --checkpoint ckpt --out ckpt/onnx` writes); without one it exports once into a per-user
-cache keyed by the checkpoint's fingerprint, so a retrained checkpoint never reuses old graphs.
+cache keyed by the checkpoint's fingerprint, so a retrained checkpoint never reuses old graphs. The backends themselves
+are registered in aura_core/backends.py.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Tuple
 
 from aura_core.export.manifest import MANIFEST_FILE, CheckpointFingerprint
 from aura_core.export.onnx_export import export_model
-from aura_core.export.onnxruntime_backend import OnnxRuntimeSamBackend
 from aura_core.model.aura import AuraModel
 
 LOGGER = logging.getLogger(__name__)
@@ -39,31 +39,17 @@ def find_or_export(model: AuraModel, checkpoint_dir: Path, fingerprint: Checkpoi
     return cached
 
 
-def open_backend(
-    name: str,
-    model: AuraModel,
-    checkpoint_dir: Optional[Union[str, Path]],
-    device: str = "cpu",
-    *,
-    export_dir: Optional[Union[str, Path]] = None,
-    **options: Any,
-) -> Any:
-    """A SamBackend of kind `name` for `model` loaded from `checkpoint_dir`; `export_dir` overrides the lookup.
+def locate_export(
+    model: AuraModel, checkpoint_dir: Optional[Path], export_dir: Optional[Path], backend: str
+) -> Tuple[Path, CheckpointFingerprint]:
+    """(export directory, checkpoint fingerprint) for `backend`; `export_dir` overrides the lookup.
 
-    Options go to the backend's constructor (onnxruntime: threads; tensorrt: options=EngineOptions, cache_dir).
+    The fingerprint lets the backend refuse an export of another checkpoint, so the checkpoint directory the model was
+    loaded from is required.
     """
     if checkpoint_dir is None:
-        raise ValueError(f"the {name} backend needs the checkpoint directory the model was loaded from")
+        raise ValueError(f"the {backend} backend needs the checkpoint directory the model was loaded from")
     checkpoint_dir = Path(checkpoint_dir)
     fingerprint = CheckpointFingerprint.of(checkpoint_dir)
     directory = Path(export_dir) if export_dir is not None else find_or_export(model, checkpoint_dir, fingerprint)
-    if name == "onnxruntime":
-        return OnnxRuntimeSamBackend(
-            directory, fingerprint=fingerprint, device=device, output_device=model.device, **options
-        )
-    if name == "tensorrt":
-        from aura_core.export.tensorrt_backend import TensorRTSamBackend  # imports tensorrt only when asked for
-
-        return TensorRTSamBackend(directory, fingerprint=fingerprint, device=device, **options)
-    raise ValueError(f"unknown export backend '{name}' (known: onnxruntime, tensorrt)")
-
+    return directory, fingerprint
