@@ -19,7 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from aura_ros import interfaces
-from aura_ros.core import (
+from aura_ros.loading import load_pipeline
+from aura_ros.params import AuraParameters
+from aura_ros.responder import (
     ANSWER,
     OUTPUT_TOPICS,
     OVERLAY,
@@ -28,7 +30,6 @@ from aura_ros.core import (
     VISIBLE_LABELS,
     AuraResponder,
 )
-from aura_ros.params import AuraParameters
 
 LOG = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ class BagSummary:
     skipped: int
     outputs: Dict[str, int]
     statuses: Dict[int, int]
-
-
-def load_pipeline(params: AuraParameters) -> Any:
-    """The AURA pipeline the parameters ask for: a named random-init config, a checkpoint, or the embedded default.
-
-    With engine_dir the SAM stages come from the backend's engines there instead of the checkpoint directory.
-    """
-    from aura_core import pipeline as aura_pipeline
-
-    options = dict(device=params.device, mask_threshold=params.mask_threshold, max_new_tokens=params.max_new_tokens)
-    if params.model_config:
-        return aura_pipeline.AuraPipeline.from_config(params.model_config, seed=params.seed, **options)
-    return aura_pipeline.AuraPipeline.from_pretrained(
-        params.checkpoint or None, backend=params.backend, export_dir=params.engine_dir or None, **options
-    )
 
 
 def check_paths(input_bag: Path, output_bag: Path) -> None:

@@ -15,8 +15,13 @@ from PIL import ImageDraw
 
 from aura_core.result import AuraInstance, AuraResult, Box
 
-# encoding -> channels; the only layouts the node accepts (8 bit per channel).
+# encoding -> channels; the layouts the node reads and writes (8 bit per channel).
 ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+# OpenCV-style type names cameras and cv_bridge send for the same layouts (cv_bridge reads 8UC3 as bgr8).
+ALIASES = {"8uc1": "mono8", "8uc3": "bgr8", "8uc4": "bgra8"}
+# Packed 4:2:2 YUV, 2 bytes per pixel (usb_cam, v4l2_camera): byte offsets of (Y0, U, Y1, V) in each pixel pair.
+# sensor_msgs' "yuv422" is UYVY; "yuv422_yuy2" and the drivers' "yuyv" are YUYV.
+YUV422 = {"yuv422": (1, 0, 3, 2), "uyvy": (1, 0, 3, 2), "yuv422_yuy2": (0, 1, 2, 3), "yuyv": (0, 1, 2, 3)}
 MASK_ON = 255  # mono8 value of a mask pixel; 0 is off
 # Overlay colours per instance (RGB), cycled.
 PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)], np.uint8)
@@ -43,16 +48,31 @@ def message_bytes(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
+def input_encodings() -> Sequence[str]:
+    """Every encoding an incoming Image may have (lower case; matching is case-insensitive)."""
+    return sorted(set(ENCODINGS) | set(ALIASES) | set(YUV422))
+
+
+def canonical_encoding(encoding: Any) -> str:
+    """The encoding in lower case with aliases resolved (8UC3 -> bgr8); ImageConversionError when unsupported."""
+    name = str(encoding).lower()
+    name = ALIASES.get(name, name)
+    if name not in ENCODINGS and name not in YUV422:
+        raise ImageConversionError(f"image encoding {encoding!r} is not supported, expected one of {input_encodings()}")
+    return name
+
+
 def image_to_numpy(msg: Any) -> np.ndarray:
     """Pixels of an Image message in its own channel order: (H, W, C) uint8, or (H, W) for mono8.
 
-    Honours `step` (row padding). Raises ImageConversionError naming the problem.
+    Honours `step` (row padding); packed YUV 4:2:2 comes back as its raw (H, W, 2) bytes. Raises
+    ImageConversionError naming the problem.
     """
-    encoding = str(msg.encoding).lower()
-    if encoding not in ENCODINGS:
-        raise ImageConversionError(f"image encoding {msg.encoding!r} is not supported, expected one of {sorted(ENCODINGS)}")
+    encoding = canonical_encoding(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    channels = ENCODINGS[encoding]
+    channels = 2 if encoding in YUV422 else ENCODINGS[encoding]
+    if encoding in YUV422 and width % 2:
+        raise ImageConversionError(f"{encoding} image width {width} is odd (pixels come in pairs)")
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image size {width}x{height} is empty")
     row_bytes = width * channels
@@ -70,12 +90,26 @@ def image_to_numpy(msg: Any) -> np.ndarray:
 def image_to_rgb(msg: Any) -> np.ndarray:
     """An Image message as a contiguous, writable (H, W, 3) uint8 RGB copy (the model's input; owns its memory)."""
     pixels = image_to_numpy(msg)
-    encoding = str(msg.encoding).lower()
+    encoding = canonical_encoding(msg.encoding)
+    if encoding in YUV422:
+        return yuv422_to_rgb(pixels, YUV422[encoding])
     if encoding == "mono8":
         return np.repeat(pixels[:, :, None], 3, axis=2)
     if encoding.startswith("bgr"):
         pixels = pixels[:, :, 2::-1]
     return np.array(pixels[:, :, :3], order="C", copy=True)
+
+
+def yuv422_to_rgb(pixels: np.ndarray, order: Tuple[int, int, int, int]) -> np.ndarray:
+    """(H, W, 2) packed 4:2:2 bytes -> (H, W, 3) RGB (BT.601, studio swing, as V4L2 cameras deliver it)."""
+    height, width = pixels.shape[:2]
+    pairs = pixels.reshape(height, width // 2, 4).astype(np.float32)
+    y0, u, y1, v = (pairs[:, :, i] for i in order)
+    y = np.stack([y0, y1], axis=2).reshape(height, width) - 16.0
+    u = np.repeat(u, 2, axis=1) - 128.0
+    v = np.repeat(v, 2, axis=1) - 128.0
+    rgb = np.stack([1.164 * y + 1.596 * v, 1.164 * y - 0.392 * u - 0.813 * v, 1.164 * y + 2.017 * u], axis=2)
+    return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
 
 
 def numpy_to_image(factory: MessageFactory, pixels: np.ndarray, encoding: str, header: Any) -> Any:
@@ -136,11 +170,15 @@ def region_of_interest(factory: MessageFactory, box: Optional[Box]) -> Any:
     )
 
 
-def instance_to_msg(factory: MessageFactory, instance: AuraInstance, header: Any) -> Any:
-    """One AmodalInstance: boxes in source pixels and both masks cropped to the amodal box, carrying `header`."""
+def instance_to_msg(factory: MessageFactory, instance: AuraInstance, header: Any, instance_id: int = 0) -> Any:
+    """One AmodalInstance: boxes in source pixels and both masks cropped to the amodal box, carrying `header`.
+
+    `instance_id` is the instance's value in the visible_labels image (its index + 1).
+    """
     box = instance.amodal_box
     return factory.make(
         "aura_ros/msg/AmodalInstance",
+        id=int(instance_id),
         phrase=instance.phrase,
         occlusion_rate=float(instance.occlusion_rate),
         visible_score=float(instance.visible_score),
@@ -161,13 +199,19 @@ def segmentation_msg(
     status_message: str = "",
     result: Optional[AuraResult] = None,
     latency: float = 0.0,
+    request_id: str = "",
 ) -> Any:
-    """An AmodalSegmentation; without a result (any failure status) it carries no instances and no image size."""
-    instances = [] if result is None else [instance_to_msg(factory, inst, header) for inst in result.instances]
+    """An AmodalSegmentation; without a result (any failure status) it carries no instances and no image size.
+
+    Instance i gets id i + 1, its value in the visible_labels image (`visible_labels`).
+    """
+    instances = [] if result is None else [
+        instance_to_msg(factory, inst, header, index + 1) for index, inst in enumerate(result.instances)]
     height, width = (0, 0) if result is None else result.image_size
     return factory.make(
         "aura_ros/msg/AmodalSegmentation",
         header=header,
+        request_id=str(request_id),
         status=int(status),
         status_message=status_message,
         question=question,

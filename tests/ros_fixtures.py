@@ -1,10 +1,10 @@
-"""Shared helpers for the tests of aura_ros: synthetic scenes, a deterministic scene pipeline, bag and speech makers."""
+"""Helpers for the tests of aura_ros (plain functions and classes; the fixtures are in conftest.py): synthetic scenes,
+a deterministic scene pipeline, bag and speech makers."""
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,25 +29,29 @@ def _key(image: np.ndarray) -> str:
 class ScenePipeline:
     """Stands in for AuraPipeline in unit tests: answers with the true masks of the scene the image shows.
 
-    Every answer names the scene's first `objects` objects; an optional delay makes inference slow on purpose.
+    Every answer names the scene's first `objects` objects. With a `gate`, each `ask` waits (after setting `started`)
+    until the test opens the gate: inference is "running" for exactly as long as the test wants, no sleeping.
     """
 
-    def __init__(self, scene_list: Sequence[SyntheticScene], *, objects: int = 2, delay: float = 0.0) -> None:
+    def __init__(self, scene_list: Sequence[SyntheticScene], *, objects: int = 2,
+                 gate: Optional[threading.Event] = None) -> None:
         self.scenes = {_key(s.image): s for s in scene_list}
         self.objects = objects
-        self.delay = delay
+        self.gate = gate
         self.questions: List[str] = []
         self.embedded: List[str] = []
-        self.started = threading.Event()
+        self.started = threading.Event()  # set by every ask
+        self.embedding_set = threading.Event()  # set by every set_image
 
     def set_image(self, image: np.ndarray) -> None:
         self.embedded.append(_key(image))
+        self.embedding_set.set()
 
     def ask(self, image: np.ndarray, question: str) -> AuraResult:
         self.started.set()
         self.questions.append(question)
-        if self.delay:
-            time.sleep(self.delay)
+        if self.gate is not None and not self.gate.wait(60):
+            raise TimeoutError("the test never opened the pipeline's gate")
         scene = self.scenes[_key(image)]
         chosen = scene.objects[: self.objects]
         instances = [
@@ -109,9 +113,9 @@ def read_bag(path: Path) -> Dict[str, List[Tuple[int, Any]]]:
     return out
 
 
-def speak(text: str, sample_rate: int = 16000, silence: float = 0.6) -> bytes:
-    """espeak-ng speech as PCM S16LE mono at sample_rate, with silence before and after."""
-    wav = subprocess.run(["espeak-ng", "-s", "160", "--stdout", text], capture_output=True, check=True).stdout
+def speak(text: str, sample_rate: int = 16000, silence: float = 0.6, voice: str = "en-us", rate: int = 160) -> bytes:
+    """espeak-ng speech (`voice`, `rate` words per minute) as PCM S16LE mono at sample_rate, silence before and after."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "--stdout", text], capture_output=True, check=True).stdout
     raw = subprocess.run(
         ["sox", "-t", "wav", "-", "-r", str(sample_rate), "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw", "-"],
         input=wav, capture_output=True, check=True,
@@ -120,16 +124,11 @@ def speak(text: str, sample_rate: int = 16000, silence: float = 0.6) -> bytes:
     return gap + raw + gap
 
 
-GRAMMAR = """#JSGF V1.0;
-grammar questions;
-public <question> = (where | what) is the (red | blue | green) (box | ball | square);
-"""
+def words(text: str) -> List[str]:
+    """Lower-case words without punctuation: how a transcript is compared with what was said."""
+    import re
 
-
-def write_grammar(directory: Path) -> Path:
-    path = Path(directory) / "questions.jsgf"
-    path.write_text(GRAMMAR)
-    return path
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
 
 
 def rosbags_factory() -> interfaces.RosbagsFactory:

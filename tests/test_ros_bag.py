@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from aura_ros import bag_runner, conversions, core, interfaces
+from aura_ros import bag_runner, conversions, interfaces, responder
 from aura_ros.params import AuraParameters
-from tests.ros_fixtures import ScenePipeline, espeak_available, image_msg, read_bag, scenes, speak, write_bag, write_grammar
+from tests.ros_fixtures import ScenePipeline, espeak_available, image_msg, read_bag, scenes, speak, words, write_bag
 
-S = core.NS_PER_S
+S = responder.NS_PER_S
 IMAGE, QUERY = "/camera/image_raw", "/question"
 
 
@@ -19,7 +19,7 @@ def _input_messages(typestore, scene_list):
     """A timeline with good and bad messages; returns the messages and the questions that must get an answer."""
     factory = interfaces.RosbagsFactory(typestore)
     bad_encoding = image_msg(factory, scene_list[0].image, stamp_ns=3 * S)
-    bad_encoding.encoding = "yuv422"
+    bad_encoding.encoding = "bayer_rggb8"  # a real camera encoding the node does not read
     short = image_msg(factory, scene_list[0].image, stamp_ns=4 * S)
     short.data = short.data[: short.step * (short.height - 1)]
     img, txt = interfaces.IMAGE_TYPE, interfaces.STRING_TYPE
@@ -54,7 +54,7 @@ def test_bag_runner_answers_good_messages_skips_bad_ones_and_keeps_headers(tmp_p
                                  params=AuraParameters(speech_enabled=False), image_topic=IMAGE, query_topic=QUERY,
                                  namespace="/aura", storage=storage, progress=False)
     assert summary.skipped == 4 and summary.images == 4 and summary.queries == 5
-    assert summary.statuses == {core.STATUS_OK: 2, core.STATUS_NO_IMAGE: 2}
+    assert summary.statuses == {responder.STATUS_OK: 2, responder.STATUS_NO_IMAGE: 2}
     assert pipeline.questions == ["what can I grab?", "what is behind the front object?"]
 
     out = read_bag(tmp_path / "out")  # decodes with the definitions stored in the bag only
@@ -97,9 +97,9 @@ def test_cli_reports_bad_paths_by_option(tmp_path):
 
 
 @pytest.mark.skipif(espeak_available() is not None, reason=str(espeak_available()))
-def test_cli_end_to_end_with_the_tiny_pipeline_text_and_speech(tmp_path, scene_list, capsys):
-    """aura-bag with the real (random-init tiny) AuraPipeline: a text and a spoken question about synthetic frames."""
-    pytest.importorskip("pocketsphinx", reason="pocketsphinx is not installed")
+def test_cli_end_to_end_with_the_default_model_text_and_speech(tmp_path, scene_list, capsys, whisper):
+    """aura-bag with the real AuraPipeline (the embedded default model): a text and a spoken question about synthetic
+    frames, each answered with at least one well-formed instance."""
     typestore = interfaces.make_typestore()
     factory = interfaces.RosbagsFactory(typestore)
     audio = np.frombuffer(speak("where is the green ball"), np.uint8)
@@ -115,22 +115,23 @@ def test_cli_end_to_end_with_the_tiny_pipeline_text_and_speech(tmp_path, scene_l
         messages.append(("/mic", interfaces.AUDIO_DATA_TYPE, 2 * S + 1 + i * 100_000_000, data))
     write_bag(tmp_path / "in", typestore, messages, storage="sqlite3")
     params = tmp_path / "aura.yaml"
-    params.write_text(f"/**:\n  ros__parameters:\n    max_new_tokens: 3\n    max_image_age: 10.0\n"
-                      f"    speech_grammar: {write_grammar(tmp_path)}\n")
-    code = bag_runner.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--config", "tiny",
-                            "--params", str(params), "--image-topic", IMAGE, "--query-topic", QUERY,
-                            "--speech-topic", "/mic", "--no-progress"])
+    params.write_text("/**:\n  ros__parameters:\n    max_new_tokens: 24\n    max_image_age: 10.0\n")
+    code = bag_runner.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--params", str(params),
+                            "--image-topic", IMAGE, "--query-topic", QUERY, "--speech-topic", "/mic", "--no-progress"])
     assert code == 0 and "statuses: 0: 2" in capsys.readouterr().out
     out = read_bag(tmp_path / "out")
-    assert [m.data for _, m in out["/transcript"]] == ["where is the green ball"]
+    transcripts = [m.data for _, m in out["/transcript"]]
+    assert [words(t) for t in transcripts] == [["where", "is", "the", "green", "ball"]], transcripts
     segmentations = [m for _, m in out["/segmentation"]]
-    assert [s.question for s in segmentations] == ["what can I use to cut bread?", "where is the green ball"]
+    assert [s.question for s in segmentations] == ["what can I use to cut bread?", transcripts[0]]
     assert [s.header.stamp.sec for s in segmentations] == [77, 78]
     for seg, scene in zip(segmentations, scene_list):
-        assert seg.status == core.STATUS_OK and (seg.image_height, seg.image_width) == scene.image.shape[:2]
+        assert seg.status == responder.STATUS_OK and (seg.image_height, seg.image_width) == scene.image.shape[:2]
         assert "[SEG]" not in seg.answer and seg.answer.strip()
-        for instance in seg.instances:  # a random-init model may name no object; any it names must be well formed
+        assert seg.instances, f"no instance for {seg.question!r}: {seg.answer!r}"  # the trained model names an object
+        for instance in seg.instances:
             box = instance.amodal_box
+            assert box.width > 0 and box.height > 0
             assert box.x_offset + box.width <= seg.image_width and box.y_offset + box.height <= seg.image_height
             assert (instance.amodal_mask.width, instance.amodal_mask.height) == (box.width, box.height)
     assert [m.header.stamp.sec for _, m in out["/visible_labels"]] == [77, 78]

@@ -4,12 +4,7 @@ import pytest
 
 from aura_core.result import AuraResult
 from aura_ros import conversions
-from tests.ros_fixtures import ScenePipeline, image_msg, rosbags_factory, scenes
-
-
-@pytest.fixture(scope="module")
-def factory():
-    return rosbags_factory()
+from tests.ros_fixtures import ScenePipeline, image_msg, scenes
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +95,55 @@ def test_labels_and_overlay(factory, scene):
     assert picture.shape == scene.image.shape and picture.dtype == np.uint8
     changed = np.any(picture != scene.image, axis=2)
     assert changed[result.instances[0].visible_mask].mean() > 0.9
+
+
+def _packed_yuv(rgb: np.ndarray, order: str) -> np.ndarray:
+    """RGB -> packed 4:2:2 (BT.601 studio swing) in 'yuyv' or 'uyvy' byte order, chroma of each pixel pair averaged."""
+    r, g, b = (rgb[:, :, i].astype(np.float32) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    height, width = y.shape
+    u = u.reshape(height, width // 2, 2).mean(axis=2)
+    v = v.reshape(height, width // 2, 2).mean(axis=2)
+    y0, y1 = y[:, 0::2], y[:, 1::2]
+    planes = (y0, u, y1, v) if order == "yuyv" else (u, y0, v, y1)
+    return np.clip(np.rint(np.stack(planes, axis=2)), 0, 255).astype(np.uint8).reshape(height, width, 2)
+
+
+@pytest.mark.parametrize("encoding,order", [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuyv", "yuyv"), ("yuv422_yuy2", "yuyv")])
+def test_packed_yuv422_from_v4l2_cameras_is_converted_to_rgb(factory, encoding, order):
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[:, :2] = (200, 30, 30)  # pixel pairs of one colour, so 4:2:2 chroma loses nothing
+    rgb[:, 2:4] = (30, 200, 30)
+    rgb[:, 4:] = (90, 90, 220)
+    packed = _packed_yuv(rgb, order)
+    header = conversions.make_header(factory, 0)
+    msg = factory.make("sensor_msgs/msg/Image", header=header, height=4, width=6, encoding=encoding, is_bigendian=0,
+                       step=12 + 3, data=np.concatenate([packed.reshape(4, 12), np.zeros((4, 3), np.uint8)], axis=1).reshape(-1))
+    out = conversions.image_to_rgb(msg)
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).max() <= 3
+    msg.width = 5
+    with pytest.raises(conversions.ImageConversionError, match="odd"):
+        conversions.image_to_rgb(msg)
+
+
+@pytest.mark.parametrize("alias,native", [("8UC1", "mono8"), ("8UC3", "bgr8"), ("8UC4", "bgra8")])
+def test_opencv_type_names_are_read_as_their_layouts(factory, scene, alias, native):
+    msg = image_msg(factory, scene.image, encoding=native)
+    expected = conversions.image_to_rgb(msg)
+    msg.encoding = alias
+    np.testing.assert_array_equal(conversions.image_to_rgb(msg), expected)
+
+
+def test_instance_ids_are_their_values_in_visible_labels(factory, scene):
+    result = ScenePipeline([scene], objects=3).ask(scene.image, "q")
+    msg = conversions.segmentation_msg(factory, header=conversions.make_header(factory, 0), question="q", status=0,
+                                       result=result, request_id="r-1")
+    labels = conversions.visible_labels(result)
+    assert msg.request_id == "r-1"
+    assert [inst.id for inst in msg.instances] == list(range(1, len(result.instances) + 1))
+    for inst, truth in zip(msg.instances, result.instances):
+        only_mine = truth.visible_mask & np.all([~o.visible_mask for o in result.instances[int(inst.id):]], axis=0) \
+            if int(inst.id) < len(result.instances) else truth.visible_mask
+        assert np.all(labels[only_mine] == inst.id)

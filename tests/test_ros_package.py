@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aura_ros import conversions, interfaces
-from tests.ros_fixtures import ScenePipeline, rosbags_factory, scenes
+from tests.ros_fixtures import ScenePipeline, scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERFACE_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "msg").glob("*.msg")) + sorted(
@@ -117,23 +117,31 @@ def test_python_package_data_finds_the_msg_files():
 def test_launch_file_compiles_and_builds_its_description():
     source = (ROOT / "launch" / "aura.launch.py").read_text()
     compile(source, "aura.launch.py", "exec")
-    for argument in ("config", "checkpoint", "backend", "camera_topic", "namespace"):
+    arguments = {"config", "checkpoint", "backend", "camera_topic", "query_topic", "speech_topic", "namespace", "use_sim_time"}
+    for argument in arguments:
         assert f'"{argument}"' in source
     pytest.importorskip("launch_ros", reason="ROS 2 launch_ros is not installed: only the syntax was checked")
     namespace: dict = {}
     exec(compile(source, "aura.launch.py", "exec"), namespace)
     description = namespace["generate_launch_description"]()
     names = {a.name for a in description.get_launch_arguments()}
-    assert names == {"config", "checkpoint", "backend", "camera_topic", "namespace"}
+    assert names == arguments
 
 
-def test_rosbags_typestore_fixture_is_shared():
-    assert rosbags_factory().make("std_msgs/msg/String", data="x").data == "x"
+def test_node_imports_from_this_repository_resolve_without_ros():
+    """The node runs only under ROS (tests/test_ros_node.py), but what it takes from aura_ros and aura_core must exist
+    everywhere: each `from aura_ros.x / aura_core.x import name` in node.py names a module and attribute that import
+    here (the rosidl-generated aura_ros.msg / aura_ros.srv excepted)."""
+    import ast
+    import importlib
 
-
-def test_node_module_compiles_without_ros():
-    source = (ROOT / "aura_ros" / "node.py").read_text()
-    compile(source, "node.py", "exec")
+    tree = ast.parse((ROOT / "aura_ros" / "node.py").read_text(), "node.py")
+    imports = [(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+               for a in n.names if n.module.split(".")[0] in {"aura_ros", "aura_core"}
+               and n.module not in {"aura_ros.msg", "aura_ros.srv"}]
+    assert ("aura_ros.responder", "AuraResponder") in imports and ("aura_ros.loading", "load_pipeline") in imports
+    for module, name in imports:
+        assert hasattr(importlib.import_module(module), name), f"node.py: from {module} import {name}"
 
 
 # Stand-ins for the ament/rosidl CMake packages: they record calls and install what the real ones would (the
