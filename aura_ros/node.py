@@ -83,7 +83,10 @@ class AuraNodeLogic:
     `_activate` starts intake (subscriptions and the `ask` service); `_deactivate` stops it again.
     """
 
+    _releasing = False  # set by _release: from then on nothing is published
+
     def _configure(self, pipeline: Optional[Any] = None, loader: Optional[Callable[[AuraParameters], Any]] = None) -> None:
+        self._releasing = False
         self._log_handler = RosLogHandler(self.get_logger())
         self._log_levels = {name: logging.getLogger(name).level for name in LOGGERS}
         for name in LOGGERS:  # INFO from aura_ros / aura_core reaches the ROS logger (Python's default is WARNING)
@@ -222,13 +225,14 @@ class AuraNodeLogic:
         return AuraParameters.from_mapping(values, source="node parameters")
 
     def _publish(self, topic: str, message: Any) -> None:
-        """Publishes unless the context is already shut down (Ctrl-C shuts it before destroy_node runs)."""
-        if not self.context.ok():
+        """Publishes unless the context is shut down (Ctrl-C shuts it before destroy_node runs) or the node is being
+        destroyed (a worker still answering when close() gave up waiting for it)."""
+        if not self.context.ok() or self._releasing:
             return
         try:
             self._outputs[topic].publish(message)
-        except Exception as error:  # noqa: BLE001 - a context shut down between the check and the call
-            if self.context.ok():
+        except Exception as error:  # noqa: BLE001 - shut down or destroyed between the check and the call
+            if self.context.ok() and not self._releasing:
                 raise
             LOG.debug("not published on %s after shutdown: %s", topic, error)
             return
@@ -286,6 +290,7 @@ class AuraNodeLogic:
         """Stops the worker (pending questions are answered dropped) and gives the Python loggers back."""
         if getattr(self, "responder", None) is not None:
             self.responder.close()
+        self._releasing = True  # a worker still busy after close() gave up waiting must not publish on destroyed handles
         if getattr(self, "_log_handler", None) is not None:
             for name in LOGGERS:
                 logging.getLogger(name).removeHandler(self._log_handler)
