@@ -34,8 +34,6 @@ MODEL_RATE = 16000  # Hz Whisper and Silero VAD work at; other rates are resampl
 WHISPER_WINDOW = 30.0  # seconds Whisper sees at once; a longer utterance would be cut into windows
 VAD_WINDOW = 512  # samples per Silero VAD decision at 16 kHz (32 ms)
 VAD_CONTEXT = 64  # samples of the previous window Silero v5/v6 sees with each window
-NOISE_WINDOWS = 32  # VAD windows (1 s) of non-speech kept to measure the noise floor
-ONSET_WINDOWS = 10  # the last windows before speech is detected (0.32 s) are not trusted as noise
 NAME_MARGIN = 3.0  # nats: a hypothesis naming more vocabulary entries wins when at most this much less likely
 NO_SPEECH_PROB = 0.6  # Whisper's own rule: no-speech probability above this and mean log-prob below the next = silence
 NO_SPEECH_LOGPROB = -1.0
@@ -251,23 +249,6 @@ class SileroVad:
         return np.asarray(probs, np.float32).reshape(-1)
 
 
-def spectral_subtraction(audio: np.ndarray, noise: np.ndarray, *, over: float = 1.5, floor: float = 0.1) -> np.ndarray:
-    """Removes a steady noise floor (its power spectrum measured on `noise`, audio judged silence before the
-    utterance): power spectral subtraction with over-subtraction `over` and a gain floor against musical noise.
-    Audio is returned unchanged when the noise is below -80 dBFS (digital silence, a clean recording)."""
-    if noise.size < 4 * VAD_WINDOW or float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))) < 1e-4:
-        return audio
-    from scipy.signal import istft, stft
-
-    options = dict(fs=MODEL_RATE, nperseg=VAD_WINDOW, noverlap=VAD_WINDOW * 3 // 4)
-    noise_power = np.mean(np.abs(stft(noise, **options)[2]) ** 2, axis=1, keepdims=True)
-    spectrum = stft(audio, **options)[2]
-    power = np.maximum(np.abs(spectrum) ** 2, 1e-20)
-    gain = np.sqrt(np.maximum(1.0 - over * noise_power / power, floor**2))
-    cleaned = istft(spectrum * gain, **options)[1][: audio.size]
-    return np.pad(cleaned, (0, audio.size - cleaned.size)).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- the transcriber
 
 
@@ -293,7 +274,6 @@ class SpeechTranscriber:
         threshold: float = 0.5,
         min_speech: float = 0.2,
         pad: float = 0.2,
-        denoise: bool = True,
     ) -> None:
         if not 0 < max_utterance <= WHISPER_WINDOW:
             raise ValueError(f"max_utterance must be in (0, {WHISPER_WINDOW:g}] s (Whisper's window), got {max_utterance}")
@@ -308,7 +288,6 @@ class SpeechTranscriber:
         self.max_samples = int(round(max_utterance * MODEL_RATE))
         self.min_speech_samples = int(round(min_speech * MODEL_RATE))
         self.pad_samples = int(round(pad * MODEL_RATE))
-        self.denoise = denoise
         self._resampler = StreamResampler(self.sample_rate, MODEL_RATE)
         self._vad = SileroVad()
         self._reset_stream()
@@ -322,7 +301,6 @@ class SpeechTranscriber:
         self._windows: List[np.ndarray] = []  # its VAD windows since speech began
         self._probs: List[float] = []  # their speech probabilities
         self._silence = 0  # trailing samples of silence in it
-        self._noise: List[np.ndarray] = []  # the last second of windows judged silence: the noise floor's spectrum
         self._resampler.reset()
         self._vad.reset()
 
@@ -367,15 +345,12 @@ class SpeechTranscriber:
     def _step(self, window: np.ndarray, prob: float) -> List[Transcript]:
         """Endpointing, one 32 ms window at a time."""
         if not self._triggered:
-            if prob < self.neg_threshold:
-                self._noise = self._noise[-(NOISE_WINDOWS - 1) :] + [window]
             if prob < self.threshold:
                 if self.pad_samples:
                     self._preroll = np.concatenate([self._preroll, window])[-self.pad_samples :]
                 return []
             self._triggered = True
             self._head, self._windows, self._probs, self._silence = self._preroll, [], [], 0
-            self._noise = self._noise[:-ONSET_WINDOWS]  # the VAD triggers late: these may be the onset of speech
         self._windows.append(window)
         self._probs.append(prob)
         self._silence = self._after(self._silence, prob)
@@ -421,8 +396,6 @@ class SpeechTranscriber:
         if speech < self.min_speech_samples:
             LOG.debug("speech: %.2f s of speech is too short for an utterance; dropped", speech / MODEL_RATE)
             return []
-        if self.denoise and self._noise:
-            audio = spectral_subtraction(audio, np.concatenate(self._noise))
         transcript = self.transcribe(audio)
         return [transcript] if transcript is not None else []
 

@@ -148,6 +148,9 @@ def test_vocabulary_comes_from_the_model_and_the_parameter(whisper):
     assert transcriber.vocabulary == ["knife", "mug", "cutting board"]
     prompt = transcriber._recognizer.tokenizer.decode([t for t in transcriber._recognizer.prompt if t < 50000])
     assert "The knife. The mug. The cutting board." in prompt
+    echo = transcriber._recognizer.is_echo  # Whisper repeating its prompt in noise is dropped, real questions are not
+    assert echo("The mug.") and echo("The knife. The cutting board.") and echo("knife, mug")
+    assert not echo("Where is the mug?") and not echo("the mugs") and not echo("")
 
     class WordLevel:
         def get_vocab(self):
