@@ -5,6 +5,7 @@ The model's shapes are not here: `model` names an entry of aura_core.model.confi
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ from aura_core.model.config import (
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "aura_core" / "assets"  # relative model paths resolve here first
 TINY_BACKBONE = "tiny_sam_vit.pth"  # pretrained tiny SAM (training/pretrain_backbone.py), shipped like SAM's .pth
+TINY_LLAVA = "tiny_llava"  # pretrained tiny LLaVA directory (training/pretrain_mllm.py), shipped like an llava-hf model
+# The default run's model: the tiny config on top of the two shipped pretrained parts. The tiny LLaVA was pretrained at
+# 128 px (64 image tokens) with a 3-layer CLIP tower; the sizes are repeated here so the recorded config says so.
+TINY_PRETRAINED: Dict[str, Any] = {
+    "vision": {"checkpoint": TINY_BACKBONE},
+    "mllm": {"pretrained_path": TINY_LLAVA, "vision_image_size": 128, "vision_layers": 3},
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class TrainConfig:
     """One training run. Defaults are the tiny model on the synthetic set (the no-argument run)."""
 
     model: str = "tiny"  # aura_core.model.config registry name
-    # Nested overrides of the model config; the default run trains on top of the pretrained tiny SAM in ASSETS_DIR.
-    model_overrides: Dict[str, Any] = field(default_factory=lambda: {"vision": {"checkpoint": TINY_BACKBONE}})
+    # Nested overrides of the model config; the default run trains on top of the pretrained tiny SAM and tiny LLaVA
+    # in ASSETS_DIR (TINY_PRETRAINED).
+    model_overrides: Dict[str, Any] = field(default_factory=lambda: copy.deepcopy(TINY_PRETRAINED))
     data_dir: Optional[str] = None  # AmodalReasonSeg-format directory; None -> the cached synthetic set
     train_split: str = "train"
     val_split: str = "val"

@@ -1,0 +1,161 @@
+"""Tiny LLaVA pretraining (training/pretrain_mllm.py): pretext text, resumable slices, the shipped directory format,
+and the AURA model on top of it (relative path resolution, self-contained checkpoints)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aura_core.model.build import build_aura_model, resolve_mllm_path
+from aura_core.model.checkpoint import load_checkpoint, save_checkpoint
+from aura_core.model.config import get_config
+from aura_core.model.mllm import MultiModalLLM
+from aura_core.model.tokenizer import default_word_tokenizer, seg_phrases
+from training.pretrain_mllm import (
+    MANIFEST,
+    PatchHeads,
+    PretextText,
+    build_pretext_model,
+    image_tokens,
+    patch_targets,
+    pretext_losses,
+    describe,
+    main,
+    mllm_config,
+    save_llava_dir,
+    scene_samples,
+    text_loss,
+)
+
+SMALL = ["--scene-size", "64", "--batch-size", "2", "--eval-scenes", "1", "--eval-generate", "1", "--workers", "0",
+         "--warmup", "1", "--image-size", "32"]
+
+
+def test_pretext_samples_are_in_the_tiny_vocabulary_and_name_their_objects():
+    tokenizer = default_word_tokenizer()
+    for index in range(6):
+        for image, question, answer, phrases, *_ in scene_samples(0, index, 64, describe_share=1.0):
+            assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
+            assert [p.lower() for p in seg_phrases(answer)] == phrases  # the phrase before each [SEG], in order
+            for text in (question, answer):
+                assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+
+
+def test_description_lists_every_object_back_to_front():
+    from aura_core.data.synthetic import generate_scene
+
+    scene = generate_scene(np.random.default_rng(5), 64)
+    _, question, answer, phrases = describe(scene, np.random.default_rng(0))
+    assert phrases == [f"the {o.name}" for o in scene.objects]
+    assert answer.count("[SEG]") == len(scene.objects) and question.endswith("?")
+
+
+def test_patch_targets_say_what_is_visible_and_what_lies_behind_in_each_patch():
+    from aura_core.data.synthetic import generate_scene
+
+    scene = generate_scene(np.random.default_rng(2), 64)
+    visible, amodal = patch_targets(scene, 4)
+    assert visible.shape == (16, 13) and amodal.shape == (16, 12)
+    assert np.allclose(visible.sum(1), 1.0) and (amodal >= 0).all() and (amodal <= 1).all()
+    for obj in scene.objects:  # area shares add up to each mask's area
+        cell = (64 // 4) ** 2
+        assert visible[:, obj.category_id].sum() * cell == pytest.approx(obj.visible.sum(), rel=1e-4)
+        assert amodal[:, obj.category_id - 1].sum() * cell == pytest.approx(obj.amodal.sum(), rel=1e-4)
+    hidden = [o for o in scene.objects if o.occlusion_rate > 0.05]
+    for obj in hidden:  # a hidden part: covered amodally, with another class visible there
+        assert (amodal[:, obj.category_id - 1] > visible[:, obj.category_id]).any()
+
+
+def test_pretext_stream_is_a_function_of_the_batch_index():
+    stream = PretextText(seed=0, size=64, batch_size=3, describe_share=0.5)
+    first, again, other = stream.batch(4), stream.batch(4), stream.batch(5)
+    assert [s[2] for s in first] == [s[2] for s in again] and len(first) == 3
+    assert all((a[0] == b[0]).all() for a, b in zip(first, again))
+    assert [s[2] for s in first] != [s[2] for s in other]
+    resumed = next(iter(PretextText(seed=0, size=64, batch_size=3, describe_share=0.5, start_batch=4)))
+    assert [s[2] for s in resumed] == [s[2] for s in first]
+
+
+def test_every_llava_tensor_trains_and_the_loss_falls():
+    torch.manual_seed(0)
+    mllm = build_pretext_model(mllm_config("tiny", 32, None))
+    heads = PatchHeads(mllm.hidden_size)
+    assert all(p.requires_grad for p in mllm.parameters())
+    assert mllm.image_seq_length == (32 // 16) ** 2
+    batch = PretextText(seed=0, size=64, batch_size=2, describe_share=1.0, grid=2).batch(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert image_tokens(mllm, mllm.encode([image], ["What is here?"])["pixel_values"]).shape == (1, 4, mllm.hidden_size)
+    parts = pretext_losses(mllm, heads, batch)
+    assert set(parts) == {"text", "patch_visible", "patch_amodal"}
+    optimizer = torch.optim.AdamW(list(mllm.parameters()) + list(heads.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = text_loss(mllm, batch) + sum(v for k, v in pretext_losses(mllm, heads, batch).items() if k != "text")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    tower = mllm.core.model.vision_tower
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.parameters())
+
+
+def test_saved_directory_is_fp16_llava_hf_that_loads_strictly(tmp_path):
+    torch.manual_seed(0)
+    config = mllm_config("tiny", 32, 3)
+    mllm = build_pretext_model(config).eval()
+    out = save_llava_dir(mllm, tmp_path / "tiny_llava", {"steps_done": 0})
+    assert json.loads((out / MANIFEST).read_text())["steps_done"] == 0
+    assert {v.dtype for v in load_file(str(out / "model.safetensors")).values()} == {torch.float16}
+    loaded = MultiModalLLM.build(dataclasses.replace(get_config("tiny").mllm, pretrained_path=str(out))).eval()
+    assert loaded.image_seq_length == 4 and loaded.core.config.vision_config.num_hidden_layers == 3
+    assert loaded.seg_token_id == mllm.seg_token_id and loaded.image_token_id == mllm.image_token_id
+    image = np.full((40, 40, 3), 90, np.uint8)
+    a = mllm.encode([image], ["What is here?"], ["I can see the cup [SEG]."])
+    b = loaded.encode([image], ["What is here?"], ["I can see the cup [SEG]."])
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.allclose(a["pixel_values"], b["pixel_values"])
+    with torch.no_grad():
+        half = {k: v.half().float() for k, v in mllm.core.state_dict().items()}
+        mllm.core.load_state_dict(half)  # what fp16 keeps of the weights
+        assert torch.allclose(mllm(a).text_loss, loaded(b).text_loss, atol=1e-4)
+
+
+def test_runs_in_resumable_slices_like_one_run(tmp_path):
+    torch.manual_seed(0)
+    main(SMALL + ["--steps", "4", "--eval-every", "2", "--work-dir", str(tmp_path / "one"), "--out", str(tmp_path / "a")])
+    main(SMALL + ["--steps", "4", "--eval-every", "2", "--stop-at", "2", "--work-dir", str(tmp_path / "two"),
+                  "--out", str(tmp_path / "b")])
+    half = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert half["steps_done"] == 2 and not half["final"]
+    main(SMALL + ["--steps", "4", "--eval-every", "2", "--work-dir", str(tmp_path / "two"), "--out", str(tmp_path / "b")])
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["steps_done"] == 4 and manifest["final"] and len(manifest["history"]) == 2
+    assert "python training/pretrain_mllm.py" in manifest["command"]
+    one, two = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    assert all(torch.allclose(one[k].float(), two[k].float(), atol=2e-3) for k in one)
+
+
+def test_aura_model_on_a_relative_llava_dir_saves_self_contained(tmp_path):
+    torch.manual_seed(0)
+    save_llava_dir(build_pretext_model(mllm_config("tiny", 32, 3)), tmp_path / "tiny_llava", {})
+    config = get_config("tiny", {"mllm": {"pretrained_path": "tiny_llava"}})
+    assert resolve_mllm_path(config, tmp_path).mllm.pretrained_path == str(tmp_path / "tiny_llava")
+    model = build_aura_model(config, base_dir=tmp_path).eval()
+    assert model.config.mllm.pretrained_path == "tiny_llava"  # the config keeps the portable relative name
+    assert model.mllm.image_seq_length == 4
+    light = save_checkpoint(model, tmp_path / "light")  # frozen LLaVA not copied: names the directory
+    full = save_checkpoint(model, tmp_path / "full", include_pretrained_mllm=True)
+    assert len(load_file(str(full / "model.safetensors"))) > len(load_file(str(light / "model.safetensors")))
+    saved = json.loads((full / "config.json").read_text())["config"]["mllm"]
+    assert saved["pretrained_path"] is None and saved["vision_image_size"] == 32 and saved["vision_layers"] == 3
+    reloaded = load_checkpoint(full)  # builds a random-init LLaVA of the recorded sizes, then fills every tensor
+    image = np.full((48, 48, 3), 120, np.uint8)
+    with torch.no_grad():
+        a = model.mllm(model.mllm.encode([image], ["What is here?"], ["I can see the cup [SEG]."]))
+        b = reloaded.mllm(reloaded.mllm.encode([image], ["What is here?"], ["I can see the cup [SEG]."]))
+    assert torch.allclose(a.text_loss, b.text_loss, atol=1e-5)

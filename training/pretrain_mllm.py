@@ -1,0 +1,391 @@
+"""Pretrain the tiny LLaVA (CLIP vision tower + projector + language model) once, and ship it like SAM's weights.
+
+The paper starts from a pretrained LLaVA: a pretrained (then frozen) CLIP tower and projector, and a pretrained
+language model that LoRA adapts. No such weights exist for the tiny config, so this script makes a tiny stand-in:
+the whole LLaVA (tower, projector and language model, all trained) learns next-token prediction of answers given
+the image tokens and a question, on endless synthetic scenes drawn from a seed range disjoint from the synthetic
+train/val sets (and from pretrain_backbone.py's). Two kinds of text:
+
+- the generator's own questions and answers (purpose, occlusion relations, most hidden, on top, serving fruit), and
+- a scene description: "What things can you see here?" -> every object back to front, each with [SEG], then one
+  sentence per object on what hides it ("The apple is partly hidden behind the book.").
+
+Text alone grounds a tower trained from scratch slowly (the language model first learns the answers' priors and
+ignores the image), so the image features the language model reads (projector output, one per patch) also get a
+dense pretext loss, as CLIP's contrastive pretraining gives its features meaning before LLaVA uses them: two linear
+heads on each image token predict which category is visible in that patch (soft cross-entropy against the area share
+of each category and the background) and which categories' amodal masks cover it (BCE against the covered share),
+i.e. what is where and what lies behind what. The heads are pretext-only and not shipped.
+
+The result is an HF-format llava directory (fp16 `model.safetensors`, `config.json`, tokenizer, image processor) plus
+`manifest.json` (how it was made, held-out figures) that `MLLMConfig.pretrained_path` loads like any llava-hf model.
+The AURA default run then freezes the tower and projector and trains LoRA on top, as the paper does.
+
+Long runs are resumable: `--work-dir` keeps `state.pt` (weights, optimiser, step; the data stream is indexed by step)
+and `--stop-at N` leaves after step N, so a run of hours can be done in slices:
+
+    python training/pretrain_mllm.py --steps 6000 --stop-at 2000 --threads 1 --work-dir runs/pretrain_mllm
+    python training/pretrain_mllm.py --steps 6000 --threads 1 --work-dir runs/pretrain_mllm   # continues at 2000
+
+The shipped aura_core/assets/tiny_llava/ (128 px, 64 image tokens, 3 CLIP layers) was made in two stages, text only
+then text + patch losses warm-started from it; the commands are in its manifest.json and docs/TRAINING.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
+
+from aura_core.data.synthetic import CATEGORIES, SEG_TOKEN, SyntheticScene, _elaboration, _join, _occluders, generate_scene
+from aura_core.matching import objects_named
+from aura_core.model.config import MLLMConfig, get_config
+from aura_core.model.mllm import MultiModalLLM
+from aura_core.model.tokenizer import seg_phrases
+from training.schedule import warmup_decay_lr
+
+LOG = logging.getLogger("aura.pretrain_mllm")
+
+PRETEXT_SEED_KEY = 104729  # keeps pretext scenes disjoint from aura-synth's and pretrain_backbone.py's streams
+DESCRIBE_QUESTIONS = ("What things can you see here?", "What is here?", "Which things are here?")
+MANIFEST = "manifest.json"
+
+NUM_CATEGORIES = len(CATEGORIES)  # category ids 1..12; patch class 0 is the background
+# image, question, answer, phrases before each [SEG], patch targets: visible (N, 1 + C) area shares, amodal (N, C)
+Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray]
+
+
+def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per patch of a grid x grid tiling (row-major, as the CLIP tower's tokens): the share of its area where each
+    category (or the background, class 0) is the visible one, and the share each category's amodal mask covers."""
+    size = scene.image.shape[0]
+    visible = np.zeros((NUM_CATEGORIES + 1, size, size), np.float32)
+    amodal = np.zeros((NUM_CATEGORIES, size, size), np.float32)
+    for obj in scene.objects:
+        visible[obj.category_id] = np.maximum(visible[obj.category_id], obj.visible)
+        amodal[obj.category_id - 1] = np.maximum(amodal[obj.category_id - 1], obj.amodal)
+    visible[0] = 1.0 - np.clip(visible[1:].sum(0), 0, 1)
+    pool = lambda m: F.adaptive_avg_pool2d(torch.from_numpy(m)[None], (grid, grid))[0]  # noqa: E731
+    vis = pool(visible).flatten(1).T.contiguous().numpy()  # (grid*grid, 1 + C)
+    amo = pool(amodal).flatten(1).T.contiguous().numpy()  # (grid*grid, C)
+    return vis / np.clip(vis.sum(1, keepdims=True), 1e-6, None), amo
+
+
+def describe(scene: SyntheticScene, rng: np.random.Generator) -> Sample:
+    """The scene-description sample: every object back to front with [SEG], then what hides each one."""
+    objs = scene.objects
+    occ = {i: _occluders(scene, i) for i in range(len(objs))}
+    phrases = [f"the {o.name}" for o in objs]
+    listed = _join([f"{p} {SEG_TOKEN}" for p in phrases])
+    answer = f"I can see {listed}. {_elaboration(scene, list(range(len(objs))), occ)}"
+    question = DESCRIBE_QUESTIONS[int(rng.integers(len(DESCRIBE_QUESTIONS)))]
+    return scene.image, question, " ".join(answer.split()), phrases
+
+
+def scene_samples(seed: int, index: int, size: int, describe_share: float, grid: int = 8) -> List[Sample]:
+    """The samples of pretext scene `index`: its QA pairs and (with probability describe_share) its description,
+    each with the scene's patch targets for a grid x grid token layout."""
+    rng = np.random.default_rng([seed, PRETEXT_SEED_KEY, index])
+    scene = generate_scene(rng, size)
+    texts = [(scene.image, qa.question, qa.answer, list(qa.phrases)) for qa in scene.qa]
+    if rng.random() < describe_share or not texts:
+        texts.append(describe(scene, rng))
+    vis, amo = patch_targets(scene, grid)
+    return [(*text, vis, amo) for text in texts]
+
+
+class PretextText(IterableDataset):
+    """Endless (image, question, answer, phrases) samples; batch `b` of the stream depends only on (seed, b)."""
+
+    def __init__(self, *, seed: int, size: int, batch_size: int, describe_share: float, start_batch: int = 0,
+                 grid: int = 8) -> None:
+        self.seed, self.size, self.batch_size, self.grid = seed, size, batch_size, grid
+        self.describe_share, self.start_batch = describe_share, start_batch
+
+    def batch(self, b: int) -> List[Sample]:
+        """Batch b: samples of consecutive scenes from scene 4*b*batch_size/4 on, the first `batch_size` kept."""
+        out: List[Sample] = []
+        index = b * self.batch_size  # scene ids never overlap between batches (a scene gives >= 1 sample)
+        while len(out) < self.batch_size:
+            out.extend(scene_samples(self.seed, index, self.size, self.describe_share, self.grid))
+            index += 1
+        return out[: self.batch_size]
+
+    def __iter__(self) -> Iterator[List[Sample]]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        b = self.start_batch + worker
+        while True:
+            yield self.batch(b)
+            b += workers
+
+
+def _as_is(batch: List[Sample]) -> List[Sample]:
+    return batch  # keep numpy images (DataLoader's default would make tensors of them)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[int]) -> MLLMConfig:
+    """The model's MLLM sizes (optionally another CLIP input size / depth), everything trained, no LoRA."""
+    config = get_config(model).mllm
+    changes = {"lora_r": 0, "modules_to_save": (), "pretrained_path": None, "dtype": "float32"}
+    if image_size:
+        changes["vision_image_size"] = image_size
+    if vision_layers:
+        changes["vision_layers"] = vision_layers
+    return dataclasses.replace(config, **changes)
+
+
+def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
+    """A random-init tiny LLaVA with every tensor trainable (tower, projector, language model)."""
+    mllm = MultiModalLLM.build(config)
+    mllm.llava.requires_grad_(True)
+    return mllm
+
+
+class PatchHeads(nn.Module):
+    """Pretext-only heads on the image tokens the language model reads: visible category (1 + C) and amodal (C)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.visible = nn.Linear(hidden_size, NUM_CATEGORIES + 1)
+        self.amodal = nn.Linear(hidden_size, NUM_CATEGORIES)
+
+
+def image_tokens(mllm: MultiModalLLM, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, N, hidden) projected image features, exactly those LLaVA puts in place of the <image> tokens."""
+    out = mllm.core.model.get_image_features(pixel_values=pixel_values)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def text_loss(mllm: MultiModalLLM, samples: Sequence[Sample]) -> torch.Tensor:
+    images, questions, answers = zip(*[s[:3] for s in samples])
+    return mllm(mllm.encode(list(images), list(questions), list(answers))).text_loss
+
+
+def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Sequence[Sample]) -> Dict[str, torch.Tensor]:
+    """text (next-token on the answers) and, with heads, patch_visible (soft CE) and patch_amodal (BCE)."""
+    images, questions, answers = zip(*[s[:3] for s in samples])
+    inputs = mllm.encode(list(images), list(questions), list(answers))
+    losses = {"text": mllm(inputs).text_loss}
+    if heads is not None:
+        tokens = image_tokens(mllm, inputs["pixel_values"])
+        vis = torch.from_numpy(np.stack([s[4] for s in samples]))
+        amo = torch.from_numpy(np.stack([s[5] for s in samples]))
+        losses["patch_visible"] = -(vis * F.log_softmax(heads.visible(tokens), -1)).sum(-1).mean()
+        losses["patch_amodal"] = F.binary_cross_entropy_with_logits(heads.amodal(tokens), amo)
+    return losses
+
+
+@torch.no_grad()
+def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
+             heads: Optional[PatchHeads] = None) -> Dict[str, float]:
+    """Held-out text loss and token accuracy (teacher-forced), and on the first `generate` samples the share of
+    greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count."""
+    was_training = mllm.training
+    mllm.eval()
+    losses, correct, total = [], 0, 0
+    patch_right = patch_total = 0
+    for start in range(0, len(samples), 16):
+        chunk = samples[start : start + 16]
+        images, questions, answers = zip(*[s[:3] for s in chunk])
+        inputs = mllm.encode(list(images), list(questions), list(answers))
+        hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                                 attention_mask=inputs["attention_mask"])
+        targets = inputs["labels"][:, 1:]
+        keep = targets != -100
+        logits = mllm.core.lm_head(hidden[:, :-1][keep])
+        losses.append(torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum").item())
+        correct += int((logits.argmax(-1) == targets[keep]).sum())
+        total += int(keep.sum())
+        if heads is not None:  # visible category of each patch where one class covers most of it
+            vis = torch.from_numpy(np.stack([s[4] for s in chunk]))
+            clear = vis.max(-1).values >= 0.5
+            guess = heads.visible(image_tokens(mllm, inputs["pixel_values"])).argmax(-1)
+            patch_right += int((guess == vis.argmax(-1))[clear].sum())
+            patch_total += int(clear.sum())
+    named = seg_count = 0
+    for image, question, _, phrases, *_ in samples[:generate]:
+        answer = mllm.generate(image, question, max_new_tokens=64).answer
+        predicted = seg_phrases(answer)
+        seg_count += len(predicted) == len(phrases)
+        named += len(predicted) == len(phrases) and objects_named(predicted, phrases)
+    mllm.train(was_training)
+    report = {"text_loss": sum(losses) / max(total, 1), "token_accuracy": correct / max(total, 1),
+              "right_objects_named": named / max(generate, 1), "right_seg_count": seg_count / max(generate, 1)}
+    if heads is not None:
+        report["patch_visible_accuracy"] = patch_right / max(patch_total, 1)
+    return report
+
+
+def held_out_samples(seed: int, size: int, scenes: int, describe_share: float, grid: int = 8) -> List[Sample]:
+    """Samples of `scenes` held-out scenes (seed + 1), descriptions last so a short generation check sees questions."""
+    samples: List[Sample] = []
+    for index in range(scenes):
+        samples.extend(scene_samples(seed + 1, index, size, describe_share, grid))
+    questions = [s for s in samples if s[1] not in DESCRIBE_QUESTIONS]
+    return questions + [s for s in samples if s[1] in DESCRIBE_QUESTIONS]
+
+
+def save_llava_dir(mllm: MultiModalLLM, out: Path, manifest: Dict[str, object]) -> Path:
+    """HF llava directory (fp16 safetensors, config, tokenizer, image processor) + manifest.json, written atomically."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in mllm.core.state_dict().items()}
+    mllm.core.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+    mllm.tokenizer.save_pretrained(str(tmp))
+    mllm.image_processor.save_pretrained(str(tmp))
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="aura_core model config whose MLLM sizes to use")
+    parser.add_argument("--image-size", type=int, default=None, help="CLIP input side (default: the config's)")
+    parser.add_argument("--vision-layers", type=int, default=None, help="CLIP layers (default: the config's)")
+    parser.add_argument("--scene-size", type=int, default=256, help="side of the drawn scenes (the AURA data's)")
+    parser.add_argument("--steps", type=int, default=6000, help="length of the lr schedule")
+    parser.add_argument("--stop-at", type=int, default=None, help="leave after this step with a resumable state")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--describe-share", type=float, default=0.5, help="share of scenes that add a description")
+    parser.add_argument("--patch-weight", type=float, default=1.0,
+                        help="weight of the two patch pretext losses on the image tokens (0: text only)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="warm start (weights only) from the state.pt of an earlier run with the same sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-scenes", type=int, default=40)
+    parser.add_argument("--eval-generate", type=int, default=60, help="held-out questions answered greedily per eval")
+    parser.add_argument("--out", type=Path, default=Path("aura_core/assets/tiny_llava"))
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/pretrain_mllm"), help="resumable state and log")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = mllm_config(args.model, args.image_size, args.vision_layers)
+    mllm = build_pretext_model(config)
+    heads = PatchHeads(mllm.hidden_size) if args.patch_weight > 0 else None
+    grid = config.vision_image_size // config.vision_patch_size
+    params = [p for p in mllm.parameters() if p.requires_grad] + (list(heads.parameters()) if heads is not None else [])
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    state_file = args.work_dir / "state.pt"
+    start, elapsed_before, history = 0, 0.0, []
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state.get("mllm_config") != dataclasses.asdict(config) or state.get("steps") != args.steps:
+            raise SystemExit(f"{state_file}: made with other sizes or another --steps; use another --work-dir")
+        mllm.load_state_dict(state["model"])
+        if heads is not None:
+            heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed_before, history = int(state["step"]), float(state["elapsed_s"]), list(state["history"])
+        LOG.info("resumed at step %d from %s", start, state_file)
+    elif args.init is not None:
+        init = torch.load(args.init, map_location="cpu", weights_only=False)
+        mllm.load_state_dict(init["model"])
+        if heads is not None and init.get("heads"):
+            heads.load_state_dict(init["heads"])
+        history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps")})
+        LOG.info("warm start from %s (step %d)", args.init, int(init["step"]))
+    mllm.train()
+    held_out = held_out_samples(args.seed, args.scene_size, args.eval_scenes, args.describe_share, grid)
+    stream = PretextText(seed=args.seed, size=args.scene_size, batch_size=args.batch_size,
+                         describe_share=args.describe_share, start_batch=start, grid=grid)
+    loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=args.workers, worker_init_fn=_one_thread)
+    end = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
+    log_file = open(args.work_dir / "log.jsonl", "a", encoding="utf-8")
+    bar = tqdm(total=args.steps, initial=start, desc="pretrain tiny LLaVA", dynamic_ncols=True, mininterval=10.0)
+    step, t0 = start, time.time()
+    metrics: Dict[str, float] = {}
+
+    def save(final: bool) -> None:
+        torch.save({"model": mllm.state_dict(), "heads": heads.state_dict() if heads is not None else None,
+                    "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed_s": elapsed_before + time.time() - t0, "history": history, "steps": args.steps,
+                    "mllm_config": dataclasses.asdict(config)}, state_file)
+        manifest = {
+            "what": "tiny LLaVA (CLIP tower + projector + language model), all trained on synthetic scenes' questions, "
+                    "answers and scene descriptions (next-token loss on the answer) plus, with patch_weight > 0, "
+                    "per-patch visible-category and amodal-coverage losses on the image tokens; "
+                    "training/pretrain_mllm.py",
+            "model": args.model, "image_size": config.vision_image_size, "vision_layers": config.vision_layers,
+            "steps_done": step, "steps_schedule": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
+            "patch_weight": args.patch_weight, "init": str(args.init) if args.init else None,
+            "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
+            "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
+            "threads": args.threads, "dtype": "float16", "history": history,
+            "command": "python training/pretrain_mllm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "torch": torch.__version__, "python": platform.python_version(), "final": final,
+        }
+        save_llava_dir(mllm, args.out, manifest)
+
+    for batch in loader:
+        if step >= end:
+            break
+        lr = warmup_decay_lr(step, base_lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        parts = pretext_losses(mllm, heads, batch)
+        loss = parts["text"] + args.patch_weight * sum(v for k, v in parts.items() if k != "text")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()} | {"lr": f"{lr:.2e}"}, refresh=False)
+        record: Dict[str, object] = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "lr": lr,
+                                     "elapsed_s": elapsed_before + time.time() - t0}
+        if step % args.eval_every == 0 or step == end:
+            metrics = evaluate(mllm, held_out, args.eval_generate, heads)
+            record.update(metrics)
+            history.append({"step": step, **metrics})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            save(final=step == args.steps)
+        if step % 10 == 0 or "text_loss" in record:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+    bar.close()
+    log_file.close()
+    LOG.info("step %d of %d; weights in %s%s", step, args.steps, args.out,
+             "" if step >= args.steps else " (continue with the same command)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
