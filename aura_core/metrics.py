@@ -72,7 +72,8 @@ def _sample_giou_from(counts: Sequence[Tuple[int, int]], sizes: Sequence[int]) -
 
 
 def _ciou_from(counts: Sequence[Tuple[int, int]]) -> float:
-    return iou_of_counts(sum(i for i, _ in counts), sum(u for _, u in counts))
+    """cIoU: the whole set's intersections over its unions, i.e. all pairs scored as one sample."""
+    return sample_iou(counts)
 
 
 def giou(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
