@@ -83,6 +83,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimiser steps between checkpoints of output_dir/checkpoints/last (0: only at the end)
     num_workers: int = 1  # DataLoader workers per process (decoding PNG/RLE next to the training thread)
     threads: int = 1  # torch CPU threads per process (0: torch's default; >1 thrashes on a busy 2-core CPU)
+    # Memory (MiB, per process) for the frozen SAM encoder's output per training image, computed once and reused every
+    # epoch (training/data.py, ImageEmbeddingCache; 64 KiB per image for the tiny model); 0 encodes every batch again.
+    image_embedding_cache_mb: int = 2048
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +103,7 @@ class TrainConfig:
             "eval_every": self.eval_every >= 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "final_eval_end_to_end_samples": self.final_eval_end_to_end_samples >= 0,
+            "image_embedding_cache_mb": self.image_embedding_cache_mb >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

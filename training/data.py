@@ -1,15 +1,19 @@
-"""Where the training data comes from: a given AmodalReasonSeg directory, or the synthetic set, generated once and cached.
+"""Where the training data comes from: a given AmodalReasonSeg directory, or the synthetic set, generated once and cached;
+and `ImageEmbeddingCache`, the frozen SAM encoder's output per training image, computed once per run.
 
 The synthetic set lives in $AURA_CACHE (default ~/.cache/aura_ros)/synthetic-<train>x<val>-seed<seed>-<size>px; it is
 written to a temporary folder and renamed when complete, so an interrupted generation is never mistaken for a set.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
 
 from aura_core.data.format import IMAGES_DIR, annotations_path, qa_path
 from aura_core.data.synthetic import generate_dataset
@@ -60,3 +64,67 @@ def check_data_dir(root: os.PathLike, splits: Sequence[str]) -> Path:
             "(format: docs/DATASET.md; make one with aura-synth or aura-convert-cocoa)"
         )
     return root
+
+
+class ImageEmbeddingCache:
+    """F_I of each training image, computed once by the frozen SAM image encoder and reused in later epochs.
+
+    The training set has no augmentation, so an image's preprocessed SAM input, hence its embedding, is the same every
+    epoch. Keyed by image id (one cache per data set split) and checked against a fingerprint of the backbone's weights:
+    a change of them (in place, or another backbone) empties the cache. Each missing image is encoded on its own, so an
+    entry does not depend on which batch first saw it (a resumed run sees the same numbers). Embeddings are held on the
+    CPU up to `max_bytes`; images beyond it are encoded every time. Switched off by `image_embedding_cache_mb: 0`.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._store: Dict[int, torch.Tensor] = {}
+        self._versions: Optional[Tuple[Tuple[int, int], ...]] = None
+        self._fingerprint: Optional[str] = None
+
+    @staticmethod
+    def fingerprint(backbone: torch.nn.Module) -> str:
+        """SHA-1 of the backbone's parameters and buffers (names, shapes, dtypes, values)."""
+        digest = hashlib.sha1()
+        for name, tensor in sorted(backbone.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+    def _check(self, backbone: torch.nn.Module) -> None:
+        """Empty the cache when the backbone's weights are not the ones its entries were computed with."""
+        versions = tuple((id(t), t._version) for t in backbone.state_dict(keep_vars=True).values())
+        if versions == self._versions:
+            return
+        fingerprint = self.fingerprint(backbone)
+        if fingerprint != self._fingerprint:
+            if self._store:
+                LOG.info("image embedding cache: backbone weights changed, %d entries dropped", len(self._store))
+            self._store.clear()
+            self.bytes = 0
+            self._fingerprint = fingerprint
+        self._versions = versions
+
+    def embeddings(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        """(B, C, h, w) image embeddings of a `collate` batch (its "image_id" and "sam_images"), from the cache where
+        present; `model` is the bare AuraModel (its `encode_image` and `vision_backbone`)."""
+        self._check(model.vision_backbone)
+        rows = []
+        for i, image_id in enumerate(batch["image_id"]):
+            key = int(image_id)
+            cached = self._store.get(key)
+            if cached is None:
+                self.misses += 1
+                cached = model.encode_image(batch["sam_images"][i : i + 1])[0].detach()
+                size = cached.numel() * cached.element_size()
+                if self.bytes + size <= self.max_bytes:
+                    cached = cached.cpu()
+                    self._store[key] = cached
+                    self.bytes += size
+            else:
+                self.hits += 1
+            rows.append(cached.to(model.device))
+        return torch.stack(rows)

@@ -186,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--prompt", choices=("category", "point"), default="category",
                         help="pretext prompt: a learned per-category token (one sparse token, like AURA's e_r) or a point")
-    parser.add_argument("--init", type=Path, default=None, help="warm start from a state.pt of an earlier pretext run")
+    parser.add_argument("--init", type=Path, default=None, help="warm start from a state.pt of an earlier pretext run or a SAM-format .pth")
     parser.add_argument("--batch-size", type=int, default=8, help="scenes per step")
     parser.add_argument("--objects", type=int, default=4, help="prompted objects per scene")
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -216,7 +216,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         start = int(state["step"])
         LOG.info("resumed pretraining at step %d from %s", start, state_file)
     elif args.init is not None:
-        missing, _ = model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"], strict=False)
+        loaded = torch.load(args.init, map_location="cpu", weights_only=True)
+        # A pretext state.pt, or a SAM-format .pth such as the shipped one (its pretext category table starts anew).
+        weights = loaded["model"] if "model" in loaded else {k: v.float() for k, v in loaded.items()}
+        missing, _ = model.load_state_dict(weights, strict=False)
         LOG.info("warm start from %s (new: %s)", args.init, missing)
 
     held_out = PretextScenes(seed=args.seed + 1, size=size, max_objects=args.objects, start=0, stop=64)

@@ -281,6 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--init", type=Path, default=None,
                         help="warm start (weights only) from the state.pt of an earlier run with the same sizes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-offset", type=int, default=0,
+                        help="skip this many batches of the scene stream (a warm-started stage then sees new scenes)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=500)
@@ -319,12 +321,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mllm.load_state_dict(init["model"])
         if heads is not None and init.get("heads"):
             heads.load_state_dict(init["heads"])
-        history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps")})
+        history = list(init.get("history", []))  # the earlier stages' record travels with the weights
+        history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps"),
+                        "data_offset": args.data_offset})
         LOG.info("warm start from %s (step %d)", args.init, int(init["step"]))
     mllm.train()
     held_out = held_out_samples(args.seed, args.scene_size, args.eval_scenes, args.describe_share, grid)
     stream = PretextText(seed=args.seed, size=args.scene_size, batch_size=args.batch_size,
-                         describe_share=args.describe_share, start_batch=start, grid=grid)
+                         describe_share=args.describe_share, start_batch=start + args.data_offset, grid=grid)
     loader = DataLoader(stream, batch_size=None, collate_fn=_as_is, num_workers=args.workers, worker_init_fn=_one_thread)
     end = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
     log_file = open(args.work_dir / "log.jsonl", "a", encoding="utf-8")

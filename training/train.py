@@ -33,7 +33,7 @@ from aura_core.model.config import ConfigError
 from aura_core.model.losses import aura_losses
 from aura_core.model.sam_checkpoint import SamCheckpointError
 from training.config import ASSETS_DIR, TrainConfig, load_train_config, parse_set_overrides, train_config_to_dict
-from training.data import DataDirError, check_data_dir, ensure_synthetic
+from training.data import DataDirError, ImageEmbeddingCache, check_data_dir, ensure_synthetic
 from training.distributed import (DistContext, ResumableDistributedSampler, barrier, full_model_state, init_distributed,
                                   mean_over_processes, seed_everything, shutdown, unwrap, wrap_model)
 from training.curves import CURVES_PNG, TensorBoardLog, plot_curves
@@ -103,11 +103,14 @@ def micro_batches(loader: DataLoader, sampler: ResumableDistributedSampler, star
 
 
 def train_step(model: torch.nn.Module, batches: Iterator[Dict[str, Any]], config: TrainConfig, ctx: DistContext,
-               scaler: Optional[torch.amp.GradScaler] = None) -> Dict[str, float]:
+               scaler: Optional[torch.amp.GradScaler] = None,
+               embedding_cache: Optional[ImageEmbeddingCache] = None) -> Dict[str, float]:
     """Forward/backward over `grad_accumulation` micro-batches, gradients summed as the mean over them.
 
     Leaves the gradients in the parameters (the caller clips and steps); returns the mean of each loss term.
     `scaler` (fp16): the loss is scaled before backward; the caller unscales before clipping.
+    `embedding_cache`: the frozen SAM encoder's output per image id of the batches' data set (no augmentation), reused
+    instead of encoding the image again; None encodes every batch.
     """
     weights = unwrap(model).config.loss
     logs: Dict[str, float] = {}
@@ -120,6 +123,8 @@ def train_step(model: torch.nn.Module, batches: Iterator[Dict[str, Any]], config
             model.set_requires_gradient_sync(i == accum - 1)
         with sync:
             with autocast_context(config, ctx.device):
+                if embedding_cache is not None:
+                    batch = {**batch, "image_embeddings": embedding_cache.embeddings(unwrap(model), batch)}
                 losses = aura_losses(model(batch), batch, weights)
             loss = losses["total"] / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -274,6 +279,10 @@ def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContex
             torch.manual_seed(config.seed + 1000 * ctx.rank + step)
         LOG.info("resumed %s at step %d", out / LAST_CHECKPOINT, step)
     ddp_model.train()
+    # The SAM image encoder is frozen and the training images are not augmented: encode each image once per run.
+    # (Not with FSDP, whose sharded backbone only gathers its weights inside the model's forward.)
+    embedding_cache = ImageEmbeddingCache(config.image_embedding_cache_mb * 2**20) \
+        if config.image_embedding_cache_mb > 0 and config.strategy != "fsdp" else None
 
     log = MetricsLog(out / "metrics.jsonl", ctx.is_main, start_step=step)
     if ctx.is_main:
@@ -291,7 +300,7 @@ def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContex
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        logs = train_step(ddp_model, batches, config, ctx, scaler)
+        logs = train_step(ddp_model, batches, config, ctx, scaler, embedding_cache)
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else float("inf"))
@@ -331,6 +340,9 @@ def train(config: TrainConfig, *, resume: bool = False, ctx: Optional[DistContex
                 log.plot()
             barrier(ctx)
     bar.close()
+    if embedding_cache is not None:
+        LOG.info("image embedding cache: %d images encoded, %d reused (%.0f MiB)", embedding_cache.misses,
+                 embedding_cache.hits, embedding_cache.bytes / 2**20)
     if step < config.iterations:
         log.close()
         LOG.info("stopped at step %d of %d; continue with --resume", step, config.iterations)

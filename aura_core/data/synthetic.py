@@ -5,7 +5,14 @@ uncovered. Questions follow the paper's style: they never name their targets (th
 or about the relation to an occluder), and answers name each target followed by [SEG], with a
 sentence about occlusion when there is one. Everything is drawn with numpy, deterministic per seed.
 
-CLI: aura-synth --out DIR --train N --val M --seed S [--size 256]
+Rendering styles (`STYLES`): "table" (the default: a muted textured table, even light) and alternatives with another
+background and lighting ("studio": a saturated gradient backdrop with a weave, brighter, lower contrast, warm cast,
+light falling off across the scene; "dusk": a dark marbled backdrop, higher contrast, cool cast, one spotlight and a
+vignette). A style only changes pixels: for the same generator state the objects, masks, rates and QA pairs are the
+ones of the default style, whose bytes do not depend on the styles that exist (its random draws are unchanged; an
+alternative style draws its own parameters after the QA pairs).
+
+CLI: aura-synth --out DIR --train N --val M --seed S [--size 256] [--style table|studio|dusk]
 """
 from __future__ import annotations
 
@@ -264,6 +271,85 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
+# ----------------------------------------------------------------------------- rendering styles
+
+DEFAULT_STYLE = "table"
+STYLES: Tuple[str, ...] = (DEFAULT_STYLE, "studio", "dusk")
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    """One HSV colour (all in [0, 1]) -> float RGB in [0, 255]."""
+    k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
+    return 255.0 * (v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a random cells x cells grid resized bilinearly."""
+    coarse = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), np.float32) / 255.0
+
+
+def _style_background(rng: np.random.Generator, size: int, style: str) -> np.ndarray:
+    """The backdrop of an alternative style (float HxWx3): smooth gradients or marble instead of the default's muted
+    table textures (tones within 40-215), brighter and more saturated ("studio") or far darker ("dusk")."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if style == "studio":  # a saturated two-colour gradient at a random angle, a fine diagonal weave, little grain
+        hue = rng.random()
+        c0 = _hsv_to_rgb(hue, rng.uniform(0.45, 0.75), rng.uniform(0.7, 0.95))
+        c1 = _hsv_to_rgb((hue + rng.uniform(0.08, 0.2)) % 1.0, rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.7))
+        ang = rng.uniform(0, 2 * np.pi)
+        t = np.clip((xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang) + 0.5, 0.0, 1.0)
+        img = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
+        period = rng.uniform(4, 8) / size
+        weave = np.sin((xx + yy) * 2 * np.pi / period) * np.sin((xx - yy) * 2 * np.pi / period)
+        img = img + weave[..., None] * rng.uniform(4, 9)
+        return img + rng.normal(0, 2, size=(size, size, 1))
+    if style == "dusk":  # a dark marble: two deep tones mixed by finer noise, thin bright veins
+        hue = rng.random()
+        c0 = _hsv_to_rgb(hue, rng.uniform(0.2, 0.5), rng.uniform(0.12, 0.25))
+        c1 = _hsv_to_rgb((hue + 0.5) % 1.0, rng.uniform(0.1, 0.35), rng.uniform(0.25, 0.4))
+        mix = _smooth_noise(rng, size, 14)
+        img = c0[None, None, :] * (1 - mix[..., None]) + c1[None, None, :] * mix[..., None]
+        veins = np.exp(-(((_smooth_noise(rng, size, 5) - 0.5) / 0.025) ** 2))
+        img = img + veins[..., None] * rng.uniform(25, 45)
+        return img + rng.normal(0, 5, size=(size, size, 1))
+    raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+
+
+def _style_lighting(rng: np.random.Generator, image: np.ndarray, style: str) -> np.ndarray:
+    """Light the whole composed scene (float HxWx3, objects included): brightness, contrast, colour cast, shading."""
+    size = image.shape[0]
+    yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float32) / size
+    if style == "studio":  # bright and flat, warm, light falling off along one direction
+        contrast, brightness = rng.uniform(0.7, 0.85), rng.uniform(20, 40)
+        cast = np.array([rng.uniform(1.04, 1.1), 1.0, rng.uniform(0.82, 0.9)])
+        ang = rng.uniform(0, 2 * np.pi)
+        ramp = (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang)
+        shade = 1.0 + rng.uniform(0.25, 0.4) * ramp
+    elif style == "dusk":  # dark and contrasty, cool, one spotlight and a vignette
+        contrast, brightness = rng.uniform(1.1, 1.3), rng.uniform(-35, -20)
+        cast = np.array([rng.uniform(0.8, 0.9), rng.uniform(0.92, 1.0), rng.uniform(1.08, 1.18)])
+        cy, cx = rng.uniform(0.25, 0.75, size=2)
+        spot = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * rng.uniform(0.22, 0.35) ** 2))
+        vignette = ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * 2.0
+        shade = np.clip(0.5 + 0.7 * spot - 0.3 * vignette, 0.3, 1.3)
+    else:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    lit = (image - 128.0) * contrast + 128.0 + brightness
+    return lit * cast[None, None, :] * shade[..., None]
+
+
+def _render_style(rng: np.random.Generator, placed: Sequence[_Placed], jitters: Sequence[np.ndarray], size: int, style: str) -> np.ndarray:
+    """The scene's objects (same parts, palettes and colour jitter) on a style's backdrop, under its light."""
+    image = _style_background(rng, size, style)
+    for p, jitter in zip(placed, jitters):
+        colours = np.array(p.category.palette, dtype=np.float32)[np.clip(p.parts, 0, None)] + jitter
+        image = np.where(p.amodal[..., None], colours, image)
+    image = _style_lighting(rng, image, style)
+    image = image + rng.normal(0, 3, size=image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
 def _place(rng: np.random.Generator, cat: Category, size: int, grid: Tuple[np.ndarray, np.ndarray], anchor: Optional[_Placed]) -> _Placed:
     scale = float(rng.uniform(*cat.scale)) * size
     if anchor is None:
@@ -296,8 +382,14 @@ def _visible_masks(placed: Sequence[_Placed]) -> List[np.ndarray]:
     return out[::-1]
 
 
-def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfig = SceneConfig()) -> SyntheticScene:
-    """One scene in memory: image, objects (back to front) with masks and rates, and its QA pairs."""
+def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfig = SceneConfig(), style: str = DEFAULT_STYLE) -> SyntheticScene:
+    """One scene in memory: image, objects (back to front) with masks and rates, and its QA pairs.
+
+    `style` (one of STYLES) only changes the image: from the same generator state every style gives the same objects,
+    masks and QA pairs, and the default style's image is what it always was.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
     grid = np.mgrid[0:size, 0:size].astype(np.float32)
     grid = (grid[0], grid[1])
     n_target = int(rng.integers(config.min_objects, config.max_objects + 1))
@@ -316,12 +408,14 @@ def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfi
                 placed = trial
                 break
     if len(placed) < config.min_objects:
-        return generate_scene(rng, size, config)
+        return generate_scene(rng, size, config, style)
 
-    image = _background(rng, size)
+    image = _background(rng, size)  # drawn in every style, so that the draws after it stay the default's
+    jitters = []
     for p in placed:
         palette = np.array(p.category.palette, dtype=np.float32)
         jitter = rng.uniform(-12, 12, size=3)
+        jitters.append(jitter)
         colours = palette[np.clip(p.parts, 0, None)] + jitter
         image = np.where(p.amodal[..., None], colours, image)
     image = image + rng.normal(0, 3, size=image.shape)
@@ -341,6 +435,8 @@ def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfi
     ]
     scene = SyntheticScene(image=image, objects=objects)
     scene.qa = make_qa(rng, scene, config)
+    if style != DEFAULT_STYLE:  # its own draws come last: nothing above depends on them
+        scene.image = _render_style(rng, placed, jitters, size, style)
     return scene
 
 
@@ -485,13 +581,22 @@ def category_table() -> List[Dict[str, object]]:
     return [{"id": c.id, "name": c.name, "colour": c.colour, "shape": c.shape, "uses": [USES[u] for u in c.uses]} for c in CATEGORIES]
 
 
-def write_split(out: Path, split: str, count: int, seed: int, size: int = 256, config: SceneConfig = SceneConfig()) -> None:
-    """Generate `count` scenes; image i of a split depends only on (seed, split, i)."""
+def split_key(split: str) -> int:
+    """The second seed word of a split's scenes: scene i of split s with seed S is drawn from default_rng([S, split_key(s), i])."""
+    return sum(ord(ch) for ch in split)
+
+
+def split_scene(seed: int, split: str, index: int, size: int = 256, config: SceneConfig = SceneConfig(), style: str = DEFAULT_STYLE) -> SyntheticScene:
+    """Scene `index` of `split` as `write_split` draws it (any style: same objects and QA pairs, other pixels)."""
+    return generate_scene(np.random.default_rng([seed, split_key(split), index]), size, config, style)
+
+
+def write_split(out: Path, split: str, count: int, seed: int, size: int = 256, config: SceneConfig = SceneConfig(),
+                style: str = DEFAULT_STYLE) -> None:
+    """Generate `count` scenes; image i of a split depends only on (seed, split, i) and the style."""
     writer = SplitWriter(root=out, split=split, categories=category_table())
-    split_key = sum(ord(ch) for ch in split)
     for i in tqdm(range(count), desc=f"aura-synth {split}", disable=count < 50, leave=False, mininterval=5.0):
-        rng = np.random.default_rng([seed, split_key, i])
-        scene = generate_scene(rng, size, config)
+        scene = split_scene(seed, split, i, size, config, style)
         image_id = writer.add_image_array(f"{split}_{i:06d}.png", scene.image)
         ids = [writer.add_object(image_id=image_id, category_id=o.category_id, amodal=o.amodal, visible=o.visible) for o in scene.objects]
         for qa in scene.qa:
@@ -499,10 +604,10 @@ def write_split(out: Path, split: str, count: int, seed: int, size: int = 256, c
     writer.close()
 
 
-def generate_dataset(out: Path, train: int, val: int, seed: int, size: int = 256) -> None:
+def generate_dataset(out: Path, train: int, val: int, seed: int, size: int = 256, style: str = DEFAULT_STYLE) -> None:
     out = Path(out)
-    write_split(out, "train", train, seed, size)
-    write_split(out, "val", val, seed, size)
+    write_split(out, "train", train, seed, size, style=style)
+    write_split(out, "val", val, seed, size, style=style)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -512,12 +617,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--val", type=int, default=100, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
+                        help="rendering style: background and lighting only; objects, masks and QA pairs are the same "
+                             "for a seed in every style (default: %(default)s, the training set's)")
     args = parser.parse_args(argv)
     if args.train < 0 or args.val < 0 or args.size < 32:
         parser.error("--train/--val must be >= 0 and --size >= 32")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    generate_dataset(args.out, args.train, args.val, args.seed, args.size)
-    print(f"wrote {args.train} train + {args.val} val images to {args.out}")
+    generate_dataset(args.out, args.train, args.val, args.seed, args.size, style=args.style)
+    print(f"wrote {args.train} train + {args.val} val images ({args.style} style) to {args.out}")
     return 0
 
 
