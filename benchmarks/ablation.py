@@ -1,10 +1,12 @@
 """Table 2 ablation on the synthetic set: the four variants (E_OC / E_SO on or off), same budget and seeds.
 
-    python benchmarks/ablation.py [--iterations N] [--seeds 0 1] [--eval-samples 200] [--jobs 2]
+    python benchmarks/ablation.py [--iterations 1500] [--seeds 0 1 2] [--eval-samples 0] [--jobs 2] [--max-runs N]
 
 Each run is `training.train.train` with the default tiny settings and only the two switches changed; the
-teacher-forced validation metrics are gathered into benchmarks/results/ablation.{md,json} as mean ± standard
-deviation over seeds (and min-max), with the budget written next to the table.
+teacher-forced validation metrics are gathered into benchmarks/results/ablation.{md,json} as the mean over seeds
+with a 95 % t-interval, overall and for objects hidden >= 30 %, plus each variant's difference from the baseline
+paired by seed. A finished run leaves `ablation_row.json` in its folder and is not run again, so a long grid can be
+done in slices (`--max-runs`); the tables cover the runs finished so far.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from scipy import stats
 
 from training.config import TrainConfig, load_train_config
 from training.train import train
@@ -42,39 +46,82 @@ def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -
     return load_train_config(None, overrides)
 
 
+ROW_FILE = "ablation_row.json"
+
+
+def run_slug(name: str, seed: int) -> str:
+    use_oc, use_so = VARIANTS[name]
+    return f"oc{int(use_oc)}-so{int(use_so)}-seed{seed}"
+
+
 def run_one(base: Dict[str, Any], name: str, seed: int, runs_dir: Path) -> Dict[str, float]:
-    """Train one variant with one seed; its teacher-forced validation scores and the time it took."""
+    """Train one variant with one seed; its teacher-forced validation scores and the time it took (kept on disk)."""
     t0 = time.time()
     report = train(variant_config(base, name, seed, runs_dir))
     tf = report["teacher_forced"]
     row = {m: tf[m] for m in METRICS}
+    row["occluded_amodal_giou"] = tf["occluded_0.3"]["amodal_giou"]
     row["occluded_gain"] = tf["occluded_0.3"]["gain"]
     row.update({"seed": seed, "seconds": time.time() - t0})
+    (runs_dir / run_slug(name, seed) / ROW_FILE).write_text(json.dumps(row) + "\n")
     return row
 
 
+def finished_row(runs_dir: Path, name: str, seed: int) -> Optional[Dict[str, float]]:
+    path = runs_dir / run_slug(name, seed) / ROW_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+SUMMARY_METRICS = METRICS + ("occluded_amodal_giou", "occluded_gain")
+BASELINE = "baseline (no E_OC, no E_SO)"
+
+
+def interval(values: Sequence[float]) -> Dict[str, float]:
+    """Mean, sample std and the half-width of the 95 % t-interval of the mean (0 for a single value)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1)) * std / n ** 0.5 if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95": half, "min": min(values), "max": max(values), "n": n}
+
+
 def summarise(results: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Per variant and metric: mean, 95 % interval; and `delta_<metric>`, the difference from the baseline run of the
+    same seed (paired), for the metrics that decide whether E_OC / E_SO help."""
     table: Dict[str, Dict[str, Dict[str, float]]] = {}
+    base_by_seed = {r["seed"]: r for r in results.get(BASELINE, []) if "seed" in r}
     for name, runs in results.items():
         table[name] = {}
-        for metric in METRICS + ("occluded_gain",):
+        for metric in SUMMARY_METRICS:
             values = [r[metric] for r in runs if r.get(metric) is not None]
             if values:
-                table[name][metric] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values),
-                                       "min": min(values), "max": max(values), "n": len(values)}
+                table[name][metric] = interval(values)
+            if name != BASELINE and metric in ("amodal_giou", "occluded_amodal_giou"):
+                deltas = [r[metric] - base_by_seed[r["seed"]][metric] for r in runs
+                          if r.get("seed") in base_by_seed and r.get(metric) is not None]
+                if deltas:
+                    table[name]["delta_" + metric] = interval(deltas)
     return table
 
 
+def _cell(s: Optional[Dict[str, float]]) -> str:
+    return "-" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f} (n={s['n']})"
+
+
 def to_markdown(table: Dict[str, Dict[str, Dict[str, float]]], budget: str) -> str:
-    lines = [f"Table 2 ablation on the synthetic val split (teacher-forced, x100, mean ± std over seeds [min-max]); {budget}", "",
-             "| variant | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU | occluded>=0.3 gain over amodal=visible |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Table 2 ablation on the synthetic val split (teacher-forced, x100, mean ± half-width of the 95 % t-interval "
+             f"over seeds); {budget}", "",
+             "| variant | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU | amodal IoU, hidden >= 30 % "
+             "| gain over amodal=visible, hidden >= 30 % |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in table.items():
-        cells = []
-        for metric in METRICS + ("occluded_gain",):
-            s = row.get(metric)
-            cells.append("-" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} [{100 * s['min']:.1f}-{100 * s['max']:.1f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(row.get(m)) for m in SUMMARY_METRICS) + " |")
+    lines += ["", "Difference from the baseline of the same seed (paired), x100, mean ± 95 % half-width; an interval "
+              "that contains 0 means no measurable effect at this budget:", "",
+              "| variant | Δ amodal gIoU | Δ amodal IoU, hidden >= 30 % |", "|---|---|---|"]
+    for name, row in table.items():
+        if name != BASELINE:
+            lines.append(f"| {name} | {_cell(row.get('delta_amodal_giou'))} | {_cell(row.get('delta_occluded_amodal_giou'))} |")
     return "\n".join(lines)
 
 
@@ -82,13 +129,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=TrainConfig().iterations, help="optimiser steps per run")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the tiny run's, capped at iterations/5)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-samples", type=int, default=0, help="val QA pairs per final evaluation (0: all)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/ablation"), help="writes <this>.md and .json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes)")
+    parser.add_argument("--max-runs", type=int, default=0, help="train at most this many missing runs, then tabulate (0: all)")
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("give at least two seeds, so the spread can be reported")
@@ -100,18 +148,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base["num_workers"] = 0  # pool processes are daemonic and cannot start DataLoader workers
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in args.variants}
     started = time.time()
-    grid = [(base, name, seed, args.runs_dir) for seed in args.seeds for name in args.variants]
-    if args.jobs > 1:  # independent runs in separate processes (one thread each suits a small CPU best)
+    grid = [(base, name, seed, args.runs_dir) for seed in args.seeds for name in args.variants
+            if finished_row(args.runs_dir, name, seed) is None]
+    if args.max_runs:
+        grid = grid[: args.max_runs]
+    LOG.info("%d run(s) to train now", len(grid))
+    if args.jobs > 1 and len(grid) > 1:  # independent runs in separate processes (one thread each suits a small CPU best)
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            rows = pool.starmap(run_one, grid)
+            pool.starmap(run_one, grid)
     else:
-        rows = [run_one(*job) for job in grid]
-    for (_, name, seed, _), row in zip(grid, rows):
-        results[name].append(row)
-        LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items()})
+        for job in grid:
+            run_one(*job)
+    for seed in args.seeds:
+        for name in args.variants:
+            row = finished_row(args.runs_dir, name, seed)
+            if row is not None:
+                results[name].append(row)
+                LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items()})
     table = summarise(results)
     budget = (f"{args.iterations} iterations x batch {TrainConfig().batch_size} per run, seeds {args.seeds}, {args.jobs} parallel job(s), "
-              f"{args.eval_samples or 'all'} val QA pairs, {(time.time() - started) / 60:.0f} min in total")
+              f"{args.eval_samples or 'all'} val QA pairs, {sum(len(r) for r in results.values())} runs finished "
+              f"(this invocation: {len(grid)} trained in {(time.time() - started) / 60:.0f} min)")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".json").write_text(json.dumps({"budget": budget, "runs": results, "summary": table}, indent=2) + "\n")
     markdown = to_markdown(table, budget)

@@ -246,9 +246,17 @@ def test_ablation_variants_and_table(tmp_path):
     switches = {(c.model_config().use_occlusion_condition_encoder, c.model_config().use_spatial_occlusion_encoder) for c in configs}
     assert switches == {(False, False), (True, False), (False, True), (True, True)}
     assert all(c.seed == 3 and c.iterations == 5 and c.model_config().vision.checkpoint == "tiny_sam_vit.pth" for c in configs)
-    runs = {"AURA (both)": [{"amodal_giou": 0.5, "amodal_ciou": 0.4, "visible_giou": 0.6, "visible_ciou": 0.7, "occluded_gain": 0.1},
-                            {"amodal_giou": 0.7, "amodal_ciou": 0.6, "visible_giou": 0.6, "visible_ciou": 0.7, "occluded_gain": 0.3}]}
+    def row(seed, amodal, occluded):
+        return {"seed": seed, "amodal_giou": amodal, "amodal_ciou": 0.4, "visible_giou": 0.6, "visible_ciou": 0.7,
+                "occluded_amodal_giou": occluded, "occluded_gain": 0.1}
+    runs = {"baseline (no E_OC, no E_SO)": [row(0, 0.50, 0.30), row(1, 0.60, 0.30), row(2, 0.70, 0.30)],
+            "AURA (both)": [row(0, 0.52, 0.40), row(1, 0.62, 0.41), row(2, 0.72, 0.39)]}
     table = summarise(runs)
-    assert table["AURA (both)"]["amodal_giou"]["mean"] == pytest.approx(0.6)
-    assert table["AURA (both)"]["amodal_giou"]["std"] == pytest.approx(0.1)
-    assert "| AURA (both) | 60.00 ± 10.00 [50.0-70.0] |" in to_markdown(table, "test budget")
+    both = table["AURA (both)"]
+    assert both["amodal_giou"]["mean"] == pytest.approx(0.62) and both["amodal_giou"]["std"] == pytest.approx(0.1)
+    assert both["amodal_giou"]["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2 dof)
+    # Paired by seed, the +2 points are exact even though the seeds spread by 20: the interval is 0 wide.
+    assert both["delta_amodal_giou"]["mean"] == pytest.approx(0.02) and both["delta_amodal_giou"]["ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert both["delta_occluded_amodal_giou"]["mean"] == pytest.approx(0.10)
+    markdown = to_markdown(table, "test budget")
+    assert "| AURA (both) | 62.00 ± 24.84 (n=3) |" in markdown and "| AURA (both) | 2.00 ± 0.00 (n=3) | 10.00 ± 2.48 (n=3) |" in markdown
