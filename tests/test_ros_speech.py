@@ -142,6 +142,57 @@ def test_an_utterance_longer_than_the_limit_is_transcribed_not_lost(whisper, cap
     assert all(0 < t.confidence <= 1 and t.audio_seconds <= 2.0 + 1e-6 for t in heard)
 
 
+@needs_espeak
+def test_whisper_window_is_sized_to_the_utterance_and_degenerate_output_is_decoded_again(whisper, monkeypatch):
+    recognizer = speech.WhisperRecognizer(whisper, NAMES, window=None)  # sized to the utterance
+    assert [recognizer.window_seconds(s) for s in (1.0, 3.0, 7.2, 20.0)] == [10.0, 10.0, 15.0, 30.0]
+    assert speech.WhisperRecognizer(whisper, NAMES).window_seconds(3.0) == 30.0  # the default: Whisper's own window
+    audio = np.frombuffer(speak(QUESTION), "<i2").astype(np.float32) / 32768.0
+    hypotheses, _ = recognizer.hypotheses(audio)
+    assert recognizer.fallbacks == 0 and words(hypotheses[0].text) == words(QUESTION)
+    windows = []
+    decode = recognizer._decode
+    monkeypatch.setattr(recognizer, "_decode", lambda a, w: (windows.append(w), decode(a, w))[1])
+    monkeypatch.setattr(speech, "is_repetitive", lambda text: True)  # as if the short window had made Whisper loop
+    hypotheses, _ = recognizer.hypotheses(audio)
+    assert windows == [10.0, 30.0] and recognizer.fallbacks == 1 and words(hypotheses[0].text) == words(QUESTION)
+
+
+def test_the_name_correction_runs_on_every_hypothesis_and_can_be_switched_off(whisper):
+    on = speech.SpeechTranscriber(model=whisper, vocabulary=NAMES)._recognizer
+    off = speech.SpeechTranscriber(model=whisper, vocabulary=NAMES, correct_names=False)._recognizer
+    assert on.correct("Where is the purple mall?") == "Where is the purple ball?"
+    assert off.correct("Where is the purple mall?") == "Where is the purple mall?"
+    cap = speech.SpeechTranscriber(model=whisper, vocabulary=NAMES, lexicon=["cap"])._recognizer
+    assert cap.correct("Where is the red cap?") == "Where is the red cap?"  # a word the model knows stays
+
+
+@needs_espeak
+def test_the_noise_filter_changes_noisy_speech_only(whisper, monkeypatch):
+    """Speech between stretches of digital silence reaches Whisper unchanged (the filter must not learn the speech's own
+    quiet onset as noise); with steady noise around it, the noise is lowered."""
+    spoken = np.frombuffer(speak(QUESTION), "<i2").astype(np.float64)
+    gap = np.zeros(8000)
+    rng = np.random.default_rng(0)
+    clean = np.concatenate([gap, spoken, gap])
+    noisy = clean + rng.standard_normal(clean.size) * np.sqrt(np.mean(spoken**2) / 10)
+
+    def heard(audio, denoise):
+        transcriber = speech.SpeechTranscriber(model=whisper, denoise=denoise)
+        got = []
+        monkeypatch.setattr(transcriber, "transcribe", lambda a: got.append(a.copy()))
+        data = np.clip(np.round(audio), -32768, 32767).astype("<i2").tobytes()
+        for start in range(0, len(data), 3200):
+            transcriber.feed(data[start : start + 3200])
+        transcriber.flush()
+        assert len(got) == 1
+        return got[0]
+
+    np.testing.assert_array_equal(heard(clean, True), heard(clean, False))
+    filtered, raw = heard(noisy, True), heard(noisy, False)
+    assert filtered.shape == raw.shape and np.std(filtered[:1600]) < 0.5 * np.std(raw[:1600])  # the pre-roll: noise only
+
+
 def test_vocabulary_comes_from_the_model_and_the_parameter(whisper):
     params = AuraParameters(speech_vocabulary="mug, cutting board")
     transcriber = speech.make_transcriber(params, vocabulary=["knife", "mug"], model=whisper)
