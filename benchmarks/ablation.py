@@ -105,7 +105,11 @@ def summarise(results: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str,
 
 
 def _cell(s: Optional[Dict[str, float]]) -> str:
-    return "-" if s is None else f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f} (n={s['n']})"
+    if s is None:
+        return "-"
+    if s["n"] < 2:  # one seed gives no interval; do not print a zero-width one
+        return f"{100 * s['mean']:.2f} (n=1, no interval)"
+    return f"{100 * s['mean']:.2f} ± {100 * s['ci95']:.2f} (n={s['n']})"
 
 
 def to_markdown(table: Dict[str, Dict[str, Dict[str, float]]], budget: str) -> str:

@@ -259,4 +259,5 @@ def test_ablation_variants_and_table(tmp_path):
     assert both["delta_amodal_giou"]["mean"] == pytest.approx(0.02) and both["delta_amodal_giou"]["ci95"] == pytest.approx(0.0, abs=1e-9)
     assert both["delta_occluded_amodal_giou"]["mean"] == pytest.approx(0.10)
     markdown = to_markdown(table, "test budget")
+    assert "(n=1, no interval)" in to_markdown(summarise({"AURA (both)": [row(0, 0.5, 0.3)]}), "one seed")
     assert "| AURA (both) | 62.00 ± 24.84 (n=3) |" in markdown and "| AURA (both) | 2.00 ± 0.00 (n=3) | 10.00 ± 2.48 (n=3) |" in markdown
