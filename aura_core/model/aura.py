@@ -210,18 +210,29 @@ class AuraModel(nn.Module):
         None; spatial_logits (K, 3, H, W) or None.
         """
         low = self.decode_prompts(image_embedding, seg_hidden)
-        visible_low, amodal_low = low.visible_logits, low.amodal_logits
+        spatial_low = None
+        if self.spatial_occlusion_encoder is not None:
+            spatial_low = self.spatial_occlusion_encoder(low.visible_logits, low.amodal_logits)  # (K, 3, h', w')
+        return self._at_original_size(low, spatial_low, resize_hw, original_hw)
+
+    def _at_original_size(
+        self,
+        low: PromptDecoding,
+        spatial_low: Optional[torch.Tensor],
+        resize_hw: Sequence[int],
+        original_hw: Sequence[int],
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        """One image's low-resolution decoder (and E_SO) outputs -> the `decode` dict, masks upsampled to original size."""
         size = self.config.vision.image_size
         resize_hw, original_hw = tuple(resize_hw), tuple(original_hw)
         spatial = None
-        if self.spatial_occlusion_encoder is not None:
-            spatial_low = self.spatial_occlusion_encoder(visible_low, amodal_low)  # (K, 3, h', w')
+        if spatial_low is not None:
             k, classes, h, w = spatial_low.shape
             spatial = upsample_logits(spatial_low.reshape(k * classes, h, w), resize_hw, original_hw, size)
             spatial = spatial.reshape(k, classes, *spatial.shape[-2:])
         return {
-            "visible_logits": upsample_logits(visible_low, resize_hw, original_hw, size),
-            "amodal_logits": upsample_logits(amodal_low, resize_hw, original_hw, size),
+            "visible_logits": upsample_logits(low.visible_logits, resize_hw, original_hw, size),
+            "amodal_logits": upsample_logits(low.amodal_logits, resize_hw, original_hw, size),
             "visible_scores": low.visible_scores,
             "amodal_scores": low.amodal_scores,
             "occlusion_rates": low.occlusion_rates,
@@ -259,26 +270,15 @@ class AuraModel(nn.Module):
             prompt, rates = self.occlusion_condition_encoder(e_r)
         amodal_low, amodal_scores = self.amodal_mask_decoder(zero, prompt, dense, pe.dense_pe())
         spatial_low = self.spatial_occlusion_encoder(visible_low, amodal_low) if self.spatial_occlusion_encoder is not None else None
-        size = self.config.vision.image_size
         out: List[Dict[str, Optional[torch.Tensor]]] = []
         start = 0
         for i, k in enumerate(counts):
             part = slice(start, start + k)
             start += k
-            resize, original = tuple(resize_hw[i]), tuple(original_hw[i])
-            spatial = None
-            if spatial_low is not None:
-                _, classes, h, w = spatial_low.shape
-                spatial = upsample_logits(spatial_low[part].reshape(k * classes, h, w), resize, original, size)
-                spatial = spatial.reshape(k, classes, *spatial.shape[-2:])
-            out.append({
-                "visible_logits": upsample_logits(visible_low[part], resize, original, size),
-                "amodal_logits": upsample_logits(amodal_low[part], resize, original, size),
-                "visible_scores": visible_scores[part],
-                "amodal_scores": amodal_scores[part],
-                "occlusion_rates": rates[part] if rates is not None else None,
-                "spatial_logits": spatial,
-            })
+            low = PromptDecoding(visible_low[part], visible_scores[part], amodal_low[part], amodal_scores[part],
+                                 rates[part] if rates is not None else None)
+            spatial_part = spatial_low[part] if spatial_low is not None else None
+            out.append(self._at_original_size(low, spatial_part, resize_hw[i], original_hw[i]))
         return out
 
     # --- training forward ----------------------------------------------------------------------------------------
