@@ -21,7 +21,7 @@ from aura_core.result import AuraResult
 from aura_ros import conversions
 from aura_ros.conversions import ImageConversionError, MessageFactory
 from aura_ros.params import AuraParameters
-from aura_ros.speech import SpeechTranscriber, Transcript, make_transcriber, model_vocabulary
+from aura_ros.speech import SpeechTranscriber, Transcript, make_transcriber, model_lexicon, model_vocabulary
 
 LOG = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class AuraResponder:
         self.threaded = threaded
         if transcriber is None and params.speech_enabled:
             # No model: speech_required (node) raises ParameterError('speech_model') now; else a warning, speech off.
-            transcriber = make_transcriber(params, vocabulary=model_vocabulary(pipeline), required=speech_required)
+            transcriber = make_transcriber(params, vocabulary=model_vocabulary(pipeline), lexicon=model_lexicon(pipeline),
+                                          required=speech_required)
         self.transcriber = transcriber
         self.frames = FrameStore()
         self._queue: Deque[Query] = collections.deque()

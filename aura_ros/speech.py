@@ -153,6 +153,20 @@ def model_vocabulary(pipeline: Any) -> List[str]:
     return names
 
 
+def model_lexicon(pipeline: Any) -> List[str]:
+    """The words the loaded model's tokenizer holds when it is word-level (tokenizer_lexicon); none without one."""
+    return tokenizer_lexicon(getattr(getattr(getattr(pipeline, "model", None), "mllm", None), "tokenizer", None))
+
+
+def tokenizer_lexicon(tokenizer: Any) -> List[str]:
+    """The words a word-level tokenizer holds (the tiny models'), which the name correction never snaps: a word the
+    model knows was likely meant. A subword tokenizer knows every word, so it gives none."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if not 0 < len(vocab) < 5000:
+        return []
+    return sorted(word.lower() for word in vocab if word.isalpha())
+
+
 def vocabulary_prompt(words: Iterable[str]) -> str:
     """Whisper's initial prompt for a vocabulary: "The knife. The cup. ..." -- short sentences bias decoding towards the
     names without inviting Whisper to continue a comma-separated list into the transcript (it does with "knife, cup")."""
@@ -668,9 +682,11 @@ def check_model(params: Any) -> None:
 
 
 def make_transcriber(
-    params: Any, *, vocabulary: Sequence[str] = (), required: bool = False, model: Any = None
+    params: Any, *, vocabulary: Sequence[str] = (), lexicon: Sequence[str] = (), required: bool = False,
+    model: Any = None
 ) -> Optional[SpeechTranscriber]:
-    """The transcriber the parameters ask for (AuraParameters' speech_* fields), vocabulary added to theirs.
+    """The transcriber the parameters ask for (AuraParameters' speech_* fields), vocabulary added to theirs; `lexicon`:
+    words the name correction leaves alone (model_lexicon).
 
     Without faster-whisper or a model: `required` raises ParameterError naming speech_model (the node stops at start,
     saying how to get one); otherwise a warning and None (speech input disabled; the bag runner goes on).
@@ -692,6 +708,8 @@ def make_transcriber(
         vocabulary=words,
         silence_window=params.speech_silence,
         max_utterance=params.speech_max_utterance,
+        lexicon=lexicon,
     )
-    LOG.info("speech: Whisper with %d vocabulary words in its prompt", len(dict.fromkeys(words)))
+    LOG.info("speech: Whisper with %d vocabulary words in its prompt, %d lexicon words the name correction keeps",
+             len(dict.fromkeys(words)), len(set(lexicon)))
     return transcriber

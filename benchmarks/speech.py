@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aura_core.data.synthetic import CATEGORIES, generate_scene, make_qa
+from aura_core.model.tokenizer import default_word_tokenizer
 from aura_ros import speech
 
 LOG = logging.getLogger("benchmarks.speech")
@@ -77,6 +78,7 @@ DEV_FRAMES = (  # sentences none of the benchmark's questions use; colours paire
 )
 SNR_DB = 10.0
 USER_VOCABULARY = ("box", "bread", "mug", "spoon")  # what a user would add with speech_vocabulary for the questions below
+NODE_LEXICON = tuple(speech.tokenizer_lexicon(default_word_tokenizer()))  # what the node gives the shipped model's speech
 OTHER_QUESTIONS = (
     "What is partly hidden behind the [box]?",
     "What can I use to cut the [bread]?",
@@ -281,7 +283,8 @@ def run_whisper(clips: Sequence[Clip], model: Any, vocabulary: Sequence[str], si
     """The node's transcriber on 0.1 s chunks. Rows for the chosen hypotheses (`whisper`: with the name correction,
     as the node publishes them) and, from the same decoding (record_top), the chosen hypotheses without the name
     correction (`whisper-nocorrect`) and the most likely ones without correction or name preference (`whisper-top`)."""
-    transcriber = speech.SpeechTranscriber(model=model, vocabulary=vocabulary, silence_window=silence, window=window)
+    transcriber = speech.SpeechTranscriber(model=model, vocabulary=vocabulary, silence_window=silence, window=window,
+                                           lexicon=NODE_LEXICON)
     recognizer = transcriber._recognizer
     tops: List[str] = []
     uncorrected: List[str] = []

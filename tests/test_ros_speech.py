@@ -4,11 +4,13 @@ Whisper is loaded once per session (the `whisper` fixture; aura_ros.speech cache
 responders and the bag runner build share it). Transcripts are compared as lower-case words without punctuation.
 """
 import logging
+import types
 
 import numpy as np
 import pytest
 
 from aura_core.data.synthetic import CATEGORIES
+from aura_core.model.tokenizer import default_word_tokenizer
 from aura_ros import bag_runner, interfaces, speech
 from aura_ros.params import AuraParameters, ParameterError
 from aura_ros.responder import NS_PER_S as S
@@ -83,10 +85,12 @@ def test_streaming_vad_equals_the_batch_model():
 def test_spoken_question_in_48k_stereo_odd_chunks_is_transcribed_and_answered(factory, whisper, caplog):
     scene = scenes(1, seed=11)[0]
     pipeline = _stand_in(scene)
+    pipeline.model = types.SimpleNamespace(mllm=types.SimpleNamespace(tokenizer=default_word_tokenizer()))
     published, publish = collector()
     params = AuraParameters(speech_sample_rate=48000, speech_channels=2)
     responder = AuraResponder(pipeline=pipeline, factory=factory, publish=publish, params=params, clock=lambda: 0)
     assert responder.transcriber is not None and responder.transcriber.vocabulary == NAMES
+    assert {"paper", "note", "ball"} <= responder.transcriber._recognizer.lexicon  # the model's words: never snapped
     responder.on_image(image_msg(factory, scene.image, frame_id="cam"))
     with caplog.at_level(logging.INFO, logger="aura_ros"):
         for chunk in _odd_chunks(_stereo_48k(QUESTION)):
@@ -216,6 +220,11 @@ def test_vocabulary_comes_from_the_model_and_the_parameter(whisper):
 
     assert speech.model_vocabulary(Pipeline()) == ["knife", "ball"]  # only the names the word-level model knows
     assert speech.model_vocabulary(ScenePipeline([])) == []
+    assert speech.model_lexicon(Pipeline()) == ["ball", "knife", "the"]  # its words, never snapped to a name
+    assert speech.model_lexicon(ScenePipeline([])) == []
+    kept = speech.make_transcriber(params, vocabulary=["ball"], lexicon=speech.model_lexicon(Pipeline()), model=whisper)
+    assert kept._recognizer.lexicon == {"ball", "knife", "the"}
+    assert kept._recognizer.correct("the red bell") == "the red ball"  # a sound-alike it does not know still snaps
     assert speech.parse_vocabulary(" mug ,  spoon,") == ["mug", "spoon"]
 
 
