@@ -152,7 +152,10 @@ def test_resume_equals_uninterrupted_and_checks_the_config(small_data, tmp_path)
 
     # The final model ships as a self-contained fp16 default model that the pipeline loads.
     shipped = ship(tmp_path / "straight/model", tmp_path / "default_model", tmp_path / "straight/metrics.json")
-    assert json.loads((shipped / "config.json").read_text())["saved_dtype"] == "float16"
+    meta = json.loads((shipped / "config.json").read_text())
+    assert meta["saved_dtype"] == "float16"
+    assert meta["extra"]["train_config"] == json.loads((tmp_path / "straight/train_config.json").read_text())  # how it was made
+    assert "python training/train.py --config run.json" in meta["extra"]["remake"]
     result = AuraPipeline.from_pretrained(shipped, max_new_tokens=4).ask(dataset_image(small_data), "What can I cut with?")
     assert result.image_size == (64, 64)
 

@@ -29,6 +29,11 @@ def ship(source: Path, target: Path = DEFAULT_MODEL_DIR, metrics: Optional[Path]
     model = load_checkpoint(source)
     extra = dict(meta.get("extra") or {})
     extra["shipped_from"] = str(source)
+    run_config = source.parent / "train_config.json"  # the run's resolved settings: how the weights were made
+    if run_config.is_file():
+        extra["train_config"] = json.loads(run_config.read_text(encoding="utf-8"))
+        extra["remake"] = ("save extra.train_config as run.json, then: python training/train.py --config run.json && "
+                           f"python training/ship_default_model.py {extra['train_config'].get('output_dir', source.parent)}/model")
     if metrics is not None and metrics.is_file():
         report = json.loads(metrics.read_text(encoding="utf-8"))
         extra["evaluation"] = report.get("teacher_forced")
