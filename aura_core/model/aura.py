@@ -155,21 +155,26 @@ class AuraModel(nn.Module):
         with torch.no_grad():
             return self.vision_backbone(sam_images.to(self.device))
 
-    def decode_visible(self, image_embedding: torch.Tensor, e_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """D_V(F_I, e_r) -> (low-res visible logits (K, h', w'), scores (K,))."""
+    def decode_visible(
+        self, image_embedding: torch.Tensor, e_r: torch.Tensor, dense: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """D_V(F_I, e_r) -> (low-res visible logits (K, h', w'), scores (K,)). `dense`: the dense prompt, SAM's "no
+        mask" embedding unless given (`_decode_batch` passes one per prompt)."""
         pe = self.prompt_encoder
-        return self.visible_mask_decoder(image_embedding, e_r, pe.dense_embedding(), pe.dense_pe())
+        return self.visible_mask_decoder(image_embedding, e_r, pe.dense_embedding() if dense is None else dense, pe.dense_pe())
 
     def decode_amodal(
-        self, image_embedding: torch.Tensor, e_r: torch.Tensor
+        self, image_embedding: torch.Tensor, e_r: torch.Tensor, dense: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """E_OC then D_A(F_I, e_oa) -> (low-res amodal logits, scores, r_hat (K,) or None without E_OC)."""
+        """E_OC then D_A(F_I, e_oa) -> (low-res amodal logits, scores, r_hat (K,) or None without E_OC); `dense` as in
+        `decode_visible`."""
         rates: Optional[torch.Tensor] = None
         prompt = e_r
         if self.occlusion_condition_encoder is not None:
             prompt, rates = self.occlusion_condition_encoder(e_r)
         pe = self.prompt_encoder
-        logits, scores = self.amodal_mask_decoder(image_embedding, prompt, pe.dense_embedding(), pe.dense_pe())
+        logits, scores = self.amodal_mask_decoder(image_embedding, prompt, pe.dense_embedding() if dense is None else dense,
+                                                  pe.dense_pe())
         return logits, scores, rates
 
     def decode_prompts(
@@ -263,12 +268,8 @@ class AuraModel(nn.Module):
                                         torch.tensor(counts, device=embeddings.device))
         dense = embeddings[owner] + pe.dense_embedding()  # (N, C, h, w): what SAM's decoder forms as src
         zero = embeddings.new_zeros((1,) + tuple(embeddings.shape[1:]))
-        visible_low, visible_scores = self.visible_mask_decoder(zero, e_r, dense, pe.dense_pe())
-        rates: Optional[torch.Tensor] = None
-        prompt = e_r
-        if self.occlusion_condition_encoder is not None:
-            prompt, rates = self.occlusion_condition_encoder(e_r)
-        amodal_low, amodal_scores = self.amodal_mask_decoder(zero, prompt, dense, pe.dense_pe())
+        visible_low, visible_scores = self.decode_visible(zero, e_r, dense)
+        amodal_low, amodal_scores, rates = self.decode_amodal(zero, e_r, dense)
         spatial_low = self.spatial_occlusion_encoder(visible_low, amodal_low) if self.spatial_occlusion_encoder is not None else None
         out: List[Dict[str, Optional[torch.Tensor]]] = []
         start = 0
