@@ -36,22 +36,21 @@ VARIANTS: Dict[str, tuple] = {
 METRICS = ("amodal_giou", "amodal_ciou", "visible_giou", "visible_ciou")
 
 
-def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -> TrainConfig:
-    use_oc, use_so = VARIANTS[name]
-    overrides = json.loads(json.dumps(base))
-    overrides.setdefault("model_overrides", json.loads(json.dumps(TrainConfig().model_overrides)))
-    overrides["model_overrides"].update({"use_occlusion_condition_encoder": use_oc, "use_spatial_occlusion_encoder": use_so})
-    slug = f"oc{int(use_oc)}-so{int(use_so)}-seed{seed}"
-    overrides.update({"seed": seed, "output_dir": str(out_root / slug)})
-    return load_train_config(None, overrides)
-
-
 ROW_FILE = "ablation_row.json"
 
 
 def run_slug(name: str, seed: int) -> str:
     use_oc, use_so = VARIANTS[name]
     return f"oc{int(use_oc)}-so{int(use_so)}-seed{seed}"
+
+
+def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -> TrainConfig:
+    use_oc, use_so = VARIANTS[name]
+    overrides = json.loads(json.dumps(base))
+    overrides.setdefault("model_overrides", json.loads(json.dumps(TrainConfig().model_overrides)))
+    overrides["model_overrides"].update({"use_occlusion_condition_encoder": use_oc, "use_spatial_occlusion_encoder": use_so})
+    overrides.update({"seed": seed, "output_dir": str(out_root / run_slug(name, seed))})
+    return load_train_config(None, overrides)
 
 
 def run_one(base: Dict[str, Any], name: str, seed: int, runs_dir: Path) -> Dict[str, float]:
