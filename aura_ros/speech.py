@@ -141,30 +141,38 @@ def model_vocabulary(pipeline: Any) -> List[str]:
     names = getattr(pipeline, "categories", None)
     if names is not None:
         return [str(name) for name in names]
-    tokenizer = getattr(getattr(getattr(pipeline, "model", None), "mllm", None), "tokenizer", None)
+    tokenizer = _model_tokenizer(pipeline)
     if tokenizer is None:
         return []
     from aura_core.data.synthetic import CATEGORIES
 
     names = [category.name for category in CATEGORIES]
+    vocab = _word_level_vocab(tokenizer)
+    return [name for name in names if name in vocab] if vocab is not None else names
+
+
+def _model_tokenizer(pipeline: Any) -> Any:
+    """The tokenizer of the pipeline's language model, or None (a stand-in without a model)."""
+    return getattr(getattr(getattr(pipeline, "model", None), "mllm", None), "tokenizer", None)
+
+
+def _word_level_vocab(tokenizer: Any) -> Optional[dict]:
+    """The tokenizer's vocabulary when it is word-level (the tiny models': a word it lacks is [UNK] to it), else None
+    (a subword tokenizer, which can spell every word)."""
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    if 0 < len(vocab) < 5000:  # word-level
-        return [name for name in names if name in vocab]
-    return names
+    return vocab if 0 < len(vocab) < 5000 else None
 
 
 def model_lexicon(pipeline: Any) -> List[str]:
     """The words the loaded model's tokenizer holds when it is word-level (tokenizer_lexicon); none without one."""
-    return tokenizer_lexicon(getattr(getattr(getattr(pipeline, "model", None), "mllm", None), "tokenizer", None))
+    return tokenizer_lexicon(_model_tokenizer(pipeline))
 
 
 def tokenizer_lexicon(tokenizer: Any) -> List[str]:
     """The words a word-level tokenizer holds (the tiny models'), which the name correction never snaps: a word the
     model knows was likely meant. A subword tokenizer knows every word, so it gives none."""
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    if not 0 < len(vocab) < 5000:
-        return []
-    return sorted(word.lower() for word in vocab if word.isalpha())
+    vocab = _word_level_vocab(tokenizer)
+    return sorted(word.lower() for word in vocab if word.isalpha()) if vocab is not None else []
 
 
 def vocabulary_prompt(words: Iterable[str]) -> str:
@@ -372,7 +380,7 @@ class SpeechTranscriber:
         self._silence = 0  # trailing samples of silence in it
         self._resampler.reset()
         self._vad.reset()
-        if getattr(self, "_denoiser", None) is not None:
+        if self._denoiser is not None:
             self._denoiser.reset()
 
     # -------------------------------------------------------------- streaming
@@ -525,10 +533,8 @@ class WhisperRecognizer:
     """
 
     def __init__(self, whisper: Any, vocabulary: Sequence[str] = (), *, beam_size: int = 5, hypotheses: int = 5,
-                 margin: float = NAME_MARGIN, window: Optional[float] = WHISPER_WINDOW, min_window: float = MIN_WINDOW,
-                 window_factor: float = WINDOW_FACTOR, pad_audio: bool = False, fallback: bool = True,
-                 tokens_per_second: float = 8.0, correct_names: bool = True, attributes: Sequence[str] = ATTRIBUTES,
-                 lexicon: Sequence[str] = ()) -> None:
+                 margin: float = NAME_MARGIN, window: Optional[float] = WHISPER_WINDOW, correct_names: bool = True,
+                 attributes: Sequence[str] = ATTRIBUTES, lexicon: Sequence[str] = ()) -> None:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -546,22 +552,17 @@ class WhisperRecognizer:
         self.num_hypotheses = min(hypotheses, beam_size)
         self.margin = margin
         self.window = window
-        self.min_window = min_window
-        self.window_factor = window_factor
-        self.pad_audio = pad_audio
-        self.fallback = fallback
-        self.tokens_per_second = tokens_per_second
         self.correct_names = correct_names
         self.attributes = tuple(attributes)
         self.lexicon = frozenset(word.lower() for word in lexicon)
         self.fallbacks = 0  # utterances decoded again in the full window (their short-window output was degenerate)
 
     def window_seconds(self, audio_seconds: float) -> float:
-        """The Whisper window (s) for an utterance: `window` when set, else the utterance times `window_factor`, at
-        least `min_window`, rounded up to whole seconds, at most 30 s."""
+        """The Whisper window (s) for an utterance: `window` when set, else the utterance times WINDOW_FACTOR, at
+        least MIN_WINDOW, rounded up to whole seconds, at most 30 s."""
         if self.window is not None:
             return float(self.window)
-        return float(min(WHISPER_WINDOW, max(self.min_window, math.ceil(audio_seconds * self.window_factor))))
+        return float(min(WHISPER_WINDOW, max(MIN_WINDOW, math.ceil(audio_seconds * WINDOW_FACTOR))))
 
     def hypotheses(self, audio: np.ndarray) -> "tuple[List[Hypothesis], float]":
         """Whisper's n-best for the utterance, best first, and its no-speech probability.
@@ -571,7 +572,7 @@ class WhisperRecognizer:
         seconds = audio.size / MODEL_RATE
         window = self.window_seconds(seconds)
         out, no_speech, degenerate = self._decode(audio, window)
-        if degenerate and self.fallback and window < WHISPER_WINDOW:
+        if degenerate and window < WHISPER_WINDOW:
             self.fallbacks += 1
             LOG.debug("speech: %.0f s window gave %r; decoding again in the 30 s window", window, out[0].text if out else "")
             out, no_speech, _ = self._decode(audio, WHISPER_WINDOW)
@@ -580,17 +581,11 @@ class WhisperRecognizer:
     def _decode(self, audio: np.ndarray, window: float) -> "tuple[List[Hypothesis], float, bool]":
         from faster_whisper.audio import pad_or_trim
 
+        # Features padded with zeros to the window, as faster-whisper pads (padding the audio with digital silence, as
+        # openai-whisper does, heard fewer names on the exploration set: 80.0 / 60.0 % against 86.7 / 66.7 %).
         frames = int(round(window * MODEL_RATE)) // self.whisper.feature_extractor.hop_length
-        samples = int(round(window * MODEL_RATE))
-        if self.pad_audio and audio.size < samples:
-            # As openai-whisper pads: digital silence after the speech (the spectrogram's floor). Off by default: the
-            # zero features faster-whisper pads with heard more names on the exploration set (86.7 / 66.7 % against
-            # 80.0 / 60.0 % clean / 10 dB in the sized window).
-            features = self.whisper.feature_extractor(audio, padding=samples - audio.size)
-        else:
-            features = self.whisper.feature_extractor(audio)
-        encoded = self.whisper.encode(pad_or_trim(features, frames))
-        budget = int(16 + self.tokens_per_second * audio.size / MODEL_RATE)  # ~4 tokens per second of speech, doubled
+        encoded = self.whisper.encode(pad_or_trim(self.whisper.feature_extractor(audio), frames))
+        budget = int(16 + 8 * audio.size / MODEL_RATE)  # tokens: ~4 per second of speech, doubled
         max_length = min(len(self.prompt) + budget, self.whisper.max_length)
         result = self.whisper.model.generate(
             encoded, [self.prompt], beam_size=self.beam_size, num_hypotheses=self.num_hypotheses, return_scores=True,
