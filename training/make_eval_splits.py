@@ -27,8 +27,8 @@ the training images.
 Seeds the training streams use (scene i of a stream = np.random.default_rng(<key>)):
 - the synthetic training set (training/config.py SyntheticDataConfig, aura-synth --seed 0): [0, split_key("train") = 542, i]
   and [0, split_key("val") = 323, i];
-- training/pretrain_backbone.py and training/pretrain_mllm.py (--seed 0): [0, PRETEXT_SEED_KEY = 7919, i], held out
-  [1, 7919, i];
+- training/pretrain_backbone.py (--seed 0): [0, PRETEXT_SEED_KEY = 7919, i], held out [1, 7919, i]; and
+  training/pretrain_mllm.py: [0, its PRETEXT_SEED_KEY = 104729, i], held out [1, 104729, i];
 - training/tiny_tokenizer.py's corpus: default_rng(1234).
 The evaluation sets use [EVAL_SEED = 4242, split_key("test") = 448, i]: a first word none of those use, so no scene of
 them was ever drawn for training. Seeds 0 and 1 are refused.
@@ -47,7 +47,9 @@ from PIL import Image
 
 from aura_core.data.cocoa import main as convert_cocoa_main
 from aura_core.data.format import IMAGES_DIR, coco_bbox, encode_mask, load_split
-from aura_core.data.synthetic import CATEGORIES, DEFAULT_STYLE, STYLES, split_key, split_scene, write_split
+from aura_core.data.synthetic import CATEGORIES, DEFAULT_STYLE, STYLES, check_style, split_key, split_scene, write_split
+from training.pretrain_backbone import PRETEXT_SEED_KEY as BACKBONE_SEED_KEY
+from training.pretrain_mllm import PRETEXT_SEED_KEY as MLLM_SEED_KEY
 
 LOG = logging.getLogger("aura.make_eval_splits")
 
@@ -79,8 +81,7 @@ def write_cocoa_cls(raw: Path, count: int, seed: int, *, style: str, size: int =
 
     Returns counts {"images", "objects", "occluded_objects", "qa"}.
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    check_style(style)
     (raw / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     categories = [{"supercategory": COCO_CATEGORIES[c.name][1], "id": COCO_CATEGORIES[c.name][0], "name": c.name}
                   for c in sorted(CATEGORIES, key=lambda c: COCO_CATEGORIES[c.name][0])]
@@ -144,8 +145,7 @@ def make_eval_splits(out: Path, *, images: int = DEFAULT_IMAGES, seed: int = EVA
         raise ValueError(f"seed {seed} feeds the training streams ({TRAINING_SEEDS}); pick another (default {EVAL_SEED})")
     if style == DEFAULT_STYLE:
         raise ValueError(f"the COCOA set needs a style other than the training style {DEFAULT_STYLE!r}: one of {STYLES[1:]}")
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    check_style(style)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -166,7 +166,8 @@ def make_eval_splits(out: Path, *, images: int = DEFAULT_IMAGES, seed: int = EVA
     manifest = {
         "seed": seed, "split": split, "split_key": split_key(split), "size": size,
         "rng_key": f"np.random.default_rng([{seed}, {split_key(split)}, i])",
-        "training_seeds": {"synthetic set": "[0, 542 (train) | 323 (val), i]", "pretraining": "[0 | 1 (held out), 7919, i]",
+        "training_seeds": {"synthetic set": f"[0, {split_key('train')} (train) | {split_key('val')} (val), i]",
+                           "pretraining": f"[0 | 1 (held out), {BACKBONE_SEED_KEY} (tiny SAM) | {MLLM_SEED_KEY} (tiny LLaVA), i]",
                            "tokenizer corpus": "default_rng(1234)"},
         HELDOUT_DIR: {"style": DEFAULT_STYLE, **_counts(heldout, split)},
         name: {"style": style, "image_format": image_format, "raw": raw_counts, **_counts(converted, split),

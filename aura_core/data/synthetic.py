@@ -277,6 +277,12 @@ DEFAULT_STYLE = "table"
 STYLES: Tuple[str, ...] = (DEFAULT_STYLE, "studio", "dusk")
 
 
+def check_style(style: str) -> None:
+    """ValueError naming the known styles unless `style` is one of STYLES."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+
+
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     """One HSV colour (all in [0, 1]) -> float RGB in [0, 255]."""
     k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
@@ -341,11 +347,20 @@ def _style_lighting(rng: np.random.Generator, image: np.ndarray, style: str) -> 
 
 def _render_style(rng: np.random.Generator, placed: Sequence[_Placed], jitters: Sequence[np.ndarray], size: int, style: str) -> np.ndarray:
     """The scene's objects (same parts, palettes and colour jitter) on a style's backdrop, under its light."""
-    image = _style_background(rng, size, style)
+    image = _paint_objects(_style_background(rng, size, style), placed, jitters)
+    return _with_sensor_noise(rng, _style_lighting(rng, image, style))
+
+
+def _paint_objects(image: np.ndarray, placed: Sequence[_Placed], jitters: Sequence[np.ndarray]) -> np.ndarray:
+    """The objects painted back to front over a float backdrop: each part in its palette colour plus the object's jitter."""
     for p, jitter in zip(placed, jitters):
         colours = np.array(p.category.palette, dtype=np.float32)[np.clip(p.parts, 0, None)] + jitter
         image = np.where(p.amodal[..., None], colours, image)
-    image = _style_lighting(rng, image, style)
+    return image
+
+
+def _with_sensor_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Gaussian pixel noise (std 3), rounded and clipped to uint8."""
     image = image + rng.normal(0, 3, size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -388,8 +403,7 @@ def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfi
     `style` (one of STYLES) only changes the image: from the same generator state every style gives the same objects,
     masks and QA pairs, and the default style's image is what it always was.
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
+    check_style(style)
     grid = np.mgrid[0:size, 0:size].astype(np.float32)
     grid = (grid[0], grid[1])
     n_target = int(rng.integers(config.min_objects, config.max_objects + 1))
@@ -411,15 +425,8 @@ def generate_scene(rng: np.random.Generator, size: int = 256, config: SceneConfi
         return generate_scene(rng, size, config, style)
 
     image = _background(rng, size)  # drawn in every style, so that the draws after it stay the default's
-    jitters = []
-    for p in placed:
-        palette = np.array(p.category.palette, dtype=np.float32)
-        jitter = rng.uniform(-12, 12, size=3)
-        jitters.append(jitter)
-        colours = palette[np.clip(p.parts, 0, None)] + jitter
-        image = np.where(p.amodal[..., None], colours, image)
-    image = image + rng.normal(0, 3, size=image.shape)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    jitters = [rng.uniform(-12, 12, size=3) for _ in placed]  # each object's colour jitter
+    image = _with_sensor_noise(rng, _paint_objects(image, placed, jitters))
 
     visible = _visible_masks(placed)
     objects = [
