@@ -75,11 +75,14 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def model_config(smoke: bool):
+def model_config(smoke: bool, name: str = "paper-7b"):
     if smoke:
         return get_config("tiny", {"vision": {"checkpoint": None}, "allow_random_init": True})
     # random weights on purpose (a latency/memory check); bf16 LLaVA as in the paper recipe
-    return get_config("paper-7b", {"allow_random_init": True, "mllm": {"dtype": "bfloat16"}})
+    overrides: Dict[str, Any] = {"allow_random_init": True, "mllm": {"dtype": "bfloat16"}}
+    if name == "tiny":
+        overrides["vision"] = {"checkpoint": None}
+    return get_config(name, overrides)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -125,9 +128,17 @@ def bench_vit(model, clock: Clock, args, work: Path) -> Dict[str, Any]:
 def _export_encoder(model, work: Path, out: Dict[str, Any], clock: Clock, args) -> Optional[Path]:
     """An fp32 ONNX export of the image encoder (made on the CPU from a float32 copy), or None with the reason."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime
     except ImportError:
         out["onnxruntime_ms"] = out["tensorrt_fp16_ms"] = "skipped: onnxruntime not installed"
+        return None
+    provider = "CUDAExecutionProvider" if clock.device.type == "cuda" else "CPUExecutionProvider"
+    from aura_core.export.tensorrt_backend import tensorrt_unavailable_reason
+
+    if provider not in onnxruntime.get_available_providers() and tensorrt_unavailable_reason() is not None:
+        # nothing could run the export on this device: skip the (minutes-long, ViT-H) export itself
+        out["onnxruntime_ms"] = f"skipped: {provider} not available (have {onnxruntime.get_available_providers()})"
+        out["tensorrt_fp16_ms"] = f"skipped: {tensorrt_unavailable_reason()}"
         return None
     if clock.left_s() < (60 if args.smoke else 330):
         out["onnxruntime_ms"] = out["tensorrt_fp16_ms"] = f"skipped: time budget ({clock.left_s():.0f} s left)"
@@ -260,7 +271,8 @@ def bench_training(model, clock: Clock, args, work: Path) -> Dict[str, Any]:
     dataset = AmodalReasonSegDataset(work / "data", "train", image_size=model.config.vision.image_size)
     batch = collate([dataset[0]])
     device = clock.device
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    # a bf16 language model trains under bf16 autocast on any device; the tiny fp32 smoke model in fp32
+    precision = "bf16" if device.type == "cuda" or model.mllm.dtype == torch.bfloat16 else "fp32"
     config = TrainConfig(batch_size=1, grad_accumulation=1, precision=precision, iterations=args.train_steps + 1,
                          warmup_iterations=0)
     model.train()
@@ -300,32 +312,37 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def to_markdown(result: Dict[str, Any]) -> str:
-    vit, llm, dec, ask, tr = result["vit"], result["llm"], result["decoders"], result["ask"], result["training"]
+    """The report; a stage not yet run or failed shows '-' and is listed with its error below the table."""
+    vit, llm, dec, ask, tr = (result.get(k, {}) for k in ("vit", "llm", "decoders", "ask", "training"))
     targets = result.get("targets", {})
     lines = [
         f"# GPU check: {result['config']} ({'smoke mode, tiny config' if result['smoke'] else 'random weights, bf16'})",
         "",
-        f"Device: {result['device']}; torch {result['torch']}; {result['total_s']:.0f} s in all. "
-        "Medians in ms after warm-up. Written by `python benchmarks/gpu.py`.",
+        f"Device: {result['device']}; torch {result['torch']}; {result.get('total_s', 0.0):.0f} s in all "
+        f"(model built in {result['build_s']:.0f} s). Medians in ms after warm-up. "
+        "Written by `python benchmarks/gpu.py`.",
         "",
         "| stage | value |",
         "|---|---:|",
-        f"| SAM encoder {vit['input']} eager fp32 (ms) | {_fmt(vit['eager_fp32_ms'])} |",
-        f"| SAM encoder eager bf16 autocast (ms) | {_fmt(vit['eager_bf16_ms'])} |",
+        f"| SAM encoder {vit.get('input', '')} eager fp32 (ms) | {_fmt(vit.get('eager_fp32_ms'))} |",
+        f"| SAM encoder eager bf16 autocast (ms) | {_fmt(vit.get('eager_bf16_ms'))} |",
         f"| SAM encoder torch.compile bf16 (ms) | {_fmt(vit.get('compile_bf16_ms'))} |",
         f"| SAM encoder onnxruntime fp32 (ms) | {_fmt(vit.get('onnxruntime_ms'))} |",
         f"| SAM encoder TensorRT fp16 (ms) | {_fmt(vit.get('tensorrt_fp16_ms'))} |",
-        f"| LLM prefill, {llm['prompt_tokens']} tokens incl. image (ms) | {_fmt(llm['prefill_ms'])} |",
-        f"| LLM decode with KV cache (ms/token) | {_fmt(llm['decode_ms_per_token'], 2)} |",
-        f"| LLM prefill + {DECODE_TOKENS} tokens (ms) | {_fmt(llm[f'prefill_plus_{DECODE_TOKENS}_tokens_ms'])} |",
-        f"| decoders, 1 [SEG] (ms) | {_fmt(dec['decoders_1_seg_ms'], 2)} |",
-        f"| decoders, 4 [SEG]s (ms) | {_fmt(dec['decoders_4_seg_ms'], 2)} |",
-        f"| `ask` end to end, <= {DECODE_TOKENS} new tokens (ms) | {_fmt(ask['ask_ms'])} |",
+        f"| LLM prefill, {llm.get('prompt_tokens', '?')} tokens incl. image (ms) | {_fmt(llm.get('prefill_ms'))} |",
+        f"| LLM decode with KV cache (ms/token) | {_fmt(llm.get('decode_ms_per_token'), 2)} |",
+        f"| LLM prefill + {DECODE_TOKENS} tokens (ms) | {_fmt(llm.get(f'prefill_plus_{DECODE_TOKENS}_tokens_ms'))} |",
+        f"| decoders, 1 [SEG] (ms) | {_fmt(dec.get('decoders_1_seg_ms'), 2)} |",
+        f"| decoders, 4 [SEG]s (ms) | {_fmt(dec.get('decoders_4_seg_ms'), 2)} |",
+        f"| `ask` end to end, <= {DECODE_TOKENS} new tokens (ms) | {_fmt(ask.get('ask_ms'))} |",
         f"| inference peak memory (GiB) | {_fmt(result.get('inference_peak_gib'), 2)} |",
-        f"| training: {tr['steps']} steps (s) | {_fmt(tr['seconds'], 2)} |",
-        f"| training: s/step | {_fmt(tr['s_per_step'], 3)} |",
-        f"| training peak memory (GiB) | {_fmt(tr['peak_gib'], 2)} |",
+        f"| training: {tr.get('steps', '?')} steps (s) | {_fmt(tr.get('seconds'), 2)} |",
+        f"| training: s/step | {_fmt(tr.get('s_per_step'), 3)} |",
+        f"| training peak memory (GiB) | {_fmt(tr.get('peak_gib'), 2)} |",
     ]
+    failed = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
+    if failed:
+        lines += ["", "Failed stages:", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     if targets:
         lines += ["", "| target | goal | measured | met |", "|---|---|---:|---|"]
         for name, t in targets.items():
@@ -334,26 +351,38 @@ def to_markdown(result: Dict[str, Any]) -> str:
 
 
 def _targets(result: Dict[str, Any]) -> Dict[str, Any]:
-    vit = result["vit"]
+    """The issue's three goals, each met only where it was measured."""
+    vit, ask = result.get("vit", {}), result.get("ask", {}).get("ask_ms")
     fps = max([1000.0 / v for k, v in vit.items() if k.endswith("_ms") and isinstance(v, float)] or [0.0])
     peak = result.get("inference_peak_gib")
     return {
-        "ask latency, 30-token answer (ms)": {"goal": "<= 300", "measured": result["ask"]["ask_ms"],
-                                              "met": result["ask"]["ask_ms"] <= 300},
+        "ask latency, 30-token answer (ms)": {"goal": "<= 300", "measured": ask,
+                                              "met": isinstance(ask, float) and ask <= 300},
         "ViT-H frames/s (best backend)": {"goal": ">= 30", "measured": fps, "met": fps >= 30},
         "inference memory (GiB)": {"goal": "<= 24", "measured": peak, "met": peak is not None and peak <= 24},
     }
 
 
-def run(args) -> Dict[str, Any]:
-    use_cuda = torch.cuda.is_available() and not args.smoke
-    args.smoke = not use_cuda
-    device = torch.device("cuda" if use_cuda else "cpu")
+def _stage(result: Dict[str, Any], name: str, fn: Callable[[], Any], save: Callable[[], None]) -> None:
+    """Run one stage; a failure is recorded (type and message) and the check goes on, with what it has so far saved."""
+    start = time.perf_counter()
+    try:
+        result[name] = fn()
+    except Exception as error:  # noqa: BLE001 - a first run on new hardware: keep every other figure
+        LOG.exception("stage %s failed", name)
+        result[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+    LOG.info("stage %s: %.1f s", name, time.perf_counter() - start)
+    save()
+
+
+def run(args, save: Callable[[Dict[str, Any]], None] = lambda result: None) -> Dict[str, Any]:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.smoke = args.smoke or device.type != "cuda" and args.config == "paper-7b"
     if args.smoke:
         args.iterations = min(args.iterations, 2)
         args.train_steps = min(args.train_steps, 2)
     clock = Clock(device, args.budget_s)
-    config = model_config(args.smoke)
+    config = model_config(args.smoke, args.config)
     torch.manual_seed(0)
     _reset_peak(device)
     with torch.device(device):  # random init directly on the GPU: a 7B body on the CPU first takes minutes
@@ -365,20 +394,25 @@ def run(args) -> Dict[str, Any]:
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     result: Dict[str, Any] = {
         "config": config.name, "smoke": args.smoke, "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if use_cuda else f"CPU ({platform.machine()})",
-        "build_s": build_s,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "build_s": build_s, "build_peak_gib": _peak_gib(device),
     }
+
+    def checkpoint() -> None:
+        result["total_s"] = time.perf_counter() - clock.start
+        save(result)
+
     with tempfile.TemporaryDirectory(prefix="aura-gpu-") as tmp:
         work = Path(tmp)
-        result["llm"] = bench_llm(model, image, clock, args)
-        result["decoders"] = bench_decoders(model, clock, args)
-        result["ask"] = bench_ask(model, image, clock, args)
+        _stage(result, "llm", lambda: bench_llm(model, image, clock, args), checkpoint)
+        _stage(result, "decoders", lambda: bench_decoders(model, clock, args), checkpoint)
+        _stage(result, "ask", lambda: bench_ask(model, image, clock, args), checkpoint)
         result["inference_peak_gib"] = _peak_gib(device)
-        result["vit"] = bench_vit(model, clock, args, work)
-        result["training"] = bench_training(model, clock, args, work)
-    result["total_s"] = time.perf_counter() - clock.start
+        _stage(result, "vit", lambda: bench_vit(model, clock, args, work), checkpoint)
+        _stage(result, "training", lambda: bench_training(model, clock, args, work), checkpoint)
     if not args.smoke:
         result["targets"] = _targets(result)
+    checkpoint()
     return result
 
 
@@ -389,15 +423,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=450.0, help="optional stages are skipped past this budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--config", default="paper-7b", help="model config of the full check (tiny: try the path)")
+    parser.add_argument("--device", default=None, help="default: cuda where available, else the CPU smoke mode")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args)
-    stem = "gpu_smoke" if result["smoke"] else "gpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = to_markdown(result)
-    (args.out / f"{stem}.md").write_text(table)
-    print(table)
+
+    def save(result: Dict[str, Any]) -> None:
+        stem = "gpu_smoke" if result["smoke"] else "gpu"
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (args.out / f"{stem}.md").write_text(to_markdown(result))
+
+    result = run(args, save)
+    print(to_markdown(result))
     return 0
 
 

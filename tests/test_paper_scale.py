@@ -107,6 +107,27 @@ def test_gpu_benchmark_smoke_mode(tmp_path):
     assert "| `ask` end to end" in (tmp_path / "gpu_smoke.md").read_text()
 
 
+def test_gpu_benchmark_keeps_going_past_a_failed_stage(tmp_path, monkeypatch):
+    """A stage that raises is reported with its error; the stages after it still run and the report is written."""
+    import benchmarks.gpu as gpu
+
+    def broken(*_args):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(gpu, "bench_decoders", broken)
+    for name, value in (("bench_llm", {"prompt_tokens": 3, "prefill_ms": 1.0}), ("bench_ask", {"ask_ms": 2.0}),
+                        ("bench_vit", {"input": "1x3x8x8", "eager_bf16_ms": 4.0}),
+                        ("bench_training", {"steps": 1, "seconds": 0.5})):
+        monkeypatch.setattr(gpu, name, lambda *_args, value=value: value)
+    assert gpu.main(["--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    assert result["decoders"] == {"error": "RuntimeError: no kernel image for this device"}
+    assert result["ask"]["ask_ms"] == 2.0 and result["training"]["steps"] == 1
+    report = (tmp_path / "gpu_smoke.md").read_text()
+    assert "- decoders: RuntimeError: no kernel image for this device" in report
+    assert "| `ask` end to end, <= 30 new tokens (ms) | 2.0 |" in report
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
