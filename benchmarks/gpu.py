@@ -37,6 +37,7 @@ from aura_core.model.config import get_config
 LOG = logging.getLogger("aura.bench.gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
 DECODE_TOKENS = 30
+STAGES = ("llm", "decoders", "ask", "vit", "training")
 QUESTION = "Which objects could I use to prepare a refreshing dessert, and where are the hidden parts of them?"
 
 
@@ -404,12 +405,16 @@ def run(args, save: Callable[[Dict[str, Any]], None] = lambda result: None) -> D
 
     with tempfile.TemporaryDirectory(prefix="aura-gpu-") as tmp:
         work = Path(tmp)
-        _stage(result, "llm", lambda: bench_llm(model, image, clock, args), checkpoint)
-        _stage(result, "decoders", lambda: bench_decoders(model, clock, args), checkpoint)
-        _stage(result, "ask", lambda: bench_ask(model, image, clock, args), checkpoint)
-        result["inference_peak_gib"] = _peak_gib(device)
-        _stage(result, "vit", lambda: bench_vit(model, clock, args, work), checkpoint)
-        _stage(result, "training", lambda: bench_training(model, clock, args, work), checkpoint)
+        stages = {"llm": lambda: bench_llm(model, image, clock, args),
+                  "decoders": lambda: bench_decoders(model, clock, args),
+                  "ask": lambda: bench_ask(model, image, clock, args),
+                  "vit": lambda: bench_vit(model, clock, args, work),
+                  "training": lambda: bench_training(model, clock, args, work)}
+        for name, fn in stages.items():
+            if name in args.stages:
+                _stage(result, name, fn, checkpoint)
+                if name == "ask":  # the inference peak: everything after it trains or exports
+                    result["inference_peak_gib"] = _peak_gib(device)
     if not args.smoke:
         result["targets"] = _targets(result)
     checkpoint()
@@ -425,7 +430,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--config", default="paper-7b", help="model config of the full check (tiny: try the path)")
     parser.add_argument("--device", default=None, help="default: cuda where available, else the CPU smoke mode")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of %(default)s")
     args = parser.parse_args(argv)
+    args.stages = args.stages.split(",")
+    if not set(args.stages) <= set(STAGES):
+        parser.error(f"--stages: unknown {sorted(set(args.stages) - set(STAGES))}; choose from {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -294,3 +294,16 @@ def test_special_tokens_typed_in_questions_stay_plain_words(tokenizer):
         assert train_ids[: len(prompt)] == prompt and seg not in prompt and train_ids.count(image) == 5, t
         assert train_ids.count(seg) == answer.count(SEG_TOKEN), t
         assert [i for i in labels if i != IGNORE_INDEX].count(eos) == 1, t
+
+
+def test_kv_cache_decoding_works_under_both_names_of_the_cache_argument(monkeypatch):
+    """transformers before 5.24 call LlavaModel's KV cache `past_key_values`, later ones `cache`: both decode the same."""
+    import aura_core.model.mllm as mllm_module
+
+    mllm = _tiny(seed=3, max_new_tokens=6)
+    image = _images(1)[0]
+    first = mllm.generate(image, QUESTIONS[0])
+    other = "past_key_values" if mllm_module._CACHE_ARGUMENT == "cache" else "cache"
+    monkeypatch.setattr(mllm_module, "_CACHE_ARGUMENT", other)
+    second = mllm.generate(image, QUESTIONS[0])
+    assert second.token_ids == first.token_ids and len(first.token_ids) == 6

@@ -12,6 +12,7 @@ at the position whose next-token prediction is [SEG], i.e. the state that *emits
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
     PreTrainedTokenizerBase,
 )
 
@@ -44,6 +46,8 @@ from aura_core.model.tokenizer import (
 )
 
 LOG = logging.getLogger(__name__)
+# transformers 5.24 renamed LlavaModel's `past_key_values` argument and output to `cache`; older 5.x has the first
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlavaModel.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -363,8 +367,10 @@ class MultiModalLLM(nn.Module):
 
     def _hidden(self, **kwargs) -> tuple:
         """Last-layer hidden states (B, T, hidden) and the KV cache of the LLaVA body."""
+        if "cache" in kwargs and _CACHE_ARGUMENT != "cache":
+            kwargs[_CACHE_ARGUMENT] = kwargs.pop("cache")
         out = self.core.model(**kwargs)
-        return out.last_hidden_state, out.cache
+        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> MLLMOutput:
         """Teacher-forced pass over an `encode(..., answers=...)` batch: text loss and [SEG] states."""
