@@ -13,6 +13,9 @@ The shipped aura_core/assets/tiny_sam_vit.pth (history in its .json sidecar) was
     python training/pretrain_backbone.py --prompt point --steps 1500 --threads 1 --work-dir runs/pretrain_point --out /tmp/point.pth
     python training/pretrain_backbone.py --prompt category --init runs/pretrain_point/state.pt --steps 1500 --warmup 100 \
         --threads 1 --work-dir runs/pretrain_category --out aura_core/assets/tiny_sam_vit.pth
+
+and continued since (docs/TRAINING.md); a later stage runs in slices (`--stop-at`) on scenes no earlier one drew
+(`--data-offset`), and its sidecar carries the command and the sidecar of the file it started from.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -180,6 +184,13 @@ def sam_state_dict(model: TinySam, dtype: torch.dtype = torch.float16) -> Dict[s
     return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items() if k.startswith(SAM_PARTS)}
 
 
+def _sidecar(init: Optional[Path]) -> Optional[Dict[str, object]]:
+    """The .json manifest beside a SAM-format .pth used as --init (None for a state.pt or a file without one)."""
+    if init is None or init.suffix != ".pth" or not init.with_suffix(".json").is_file():
+        return None
+    return json.loads(init.with_suffix(".json").read_text(encoding="utf-8"))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="aura_core model config whose vision/mask-decoder sizes to use")
@@ -198,7 +209,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("aura_core/assets/tiny_sam_vit.pth"))
     parser.add_argument("--work-dir", type=Path, default=Path("runs/pretrain_backbone"), help="resumable state")
+    parser.add_argument("--stop-at", type=int, default=None, help="leave after this step with a resumable state")
+    parser.add_argument("--data-offset", type=int, default=0,
+                        help="skip this many steps' scenes of the stream (a later stage draws scenes no earlier one saw)")
     args = parser.parse_args(argv)
+    if args.stop_at is not None and not 0 < args.stop_at <= args.steps:
+        parser.error(f"--stop-at must be in 1..--steps ({args.steps}), got {args.stop_at}")
+    command = "python training/pretrain_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -208,12 +225,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     state_file = args.work_dir / "state.pt"
-    start = 0
+    start, resumed_manifest = 0, None
     if state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        resumed_manifest = state.get("init_manifest")
         LOG.info("resumed pretraining at step %d from %s", start, state_file)
     elif args.init is not None:
         loaded = torch.load(args.init, map_location="cpu", weights_only=True)
@@ -224,7 +242,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     held_out = PretextScenes(seed=args.seed + 1, size=size, max_objects=args.objects, start=0, stop=64)
     eval_batches = list(DataLoader(held_out, batch_size=16, collate_fn=_collate))
-    train = PretextScenes(seed=args.seed, size=size, max_objects=args.objects, start=start * args.batch_size)
+    train = PretextScenes(seed=args.seed, size=size, max_objects=args.objects,
+                          start=(args.data_offset + start) * args.batch_size)
+    # on resume, the manifest read when the run began (--out may since have overwritten the --init file's sidecar)
+    init_manifest = resumed_manifest if start > 0 else _sidecar(args.init)
+    last = args.steps if args.stop_at is None else args.stop_at
     loader = DataLoader(train, batch_size=args.batch_size, collate_fn=_collate, num_workers=args.workers,
                         worker_init_fn=_one_thread)
     log_file = open(args.work_dir / "log.jsonl", "a", encoding="utf-8")
@@ -232,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     step, t0 = start, time.time()
     metrics: Dict[str, float] = {}
     for sam_images, points, visible, amodal, _, categories in loader:
-        if step >= args.steps:
+        if step >= last:
             break
         lr = warmup_decay_lr(step, base_lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps)
         for group in optimizer.param_groups:
@@ -252,17 +274,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
         record = {"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": time.time() - t0}
-        if step % args.eval_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or step == last:
             metrics = evaluate(model, eval_batches, size)
             record.update(metrics)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, state_file)
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "init_manifest": init_manifest}, state_file)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             torch.save(sam_state_dict(model), args.out)
             meta = {"model": args.model, "steps": step, "batch_size": args.batch_size, "objects_per_scene": args.objects,
+                    "steps_schedule": args.steps, "data_offset": args.data_offset, "warmup": args.warmup,
                     "lr": args.lr, "seed": args.seed, "held_out": metrics, "prompt": args.prompt, "init": str(args.init),
+                    "command": command, "wall_s_this_process": time.time() - t0,
                     "pretext": "prompt (category token or point on the visible part) -> visible (token 0) "
                     "and amodal (token 1) masks, synthetic scenes disjoint from aura-synth's"}
+            if init_manifest is not None:
+                meta["init_manifest"] = init_manifest  # how the file it started from was made, and so on back
             args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if step % 10 == 0 or "visible_iou" in record:
             log_file.write(json.dumps(record) + "\n")

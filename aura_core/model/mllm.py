@@ -370,7 +370,7 @@ class MultiModalLLM(nn.Module):
         if "cache" in kwargs and _CACHE_ARGUMENT != "cache":
             kwargs[_CACHE_ARGUMENT] = kwargs.pop("cache")
         out = self.core.model(**kwargs)
-        return out.last_hidden_state, out.get("cache", out.get("past_key_values"))
+        return out.last_hidden_state, out["cache"] if "cache" in out else out.get("past_key_values")
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> MLLMOutput:
         """Teacher-forced pass over an `encode(..., answers=...)` batch: text loss and [SEG] states."""
