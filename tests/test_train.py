@@ -192,7 +192,18 @@ def test_evaluation_report_format(small_data, tmp_path):
     assert "| method | amodal gIoU | amodal cIoU | visible gIoU | visible cIoU | amodal gIoU per object |" in table
     assert "amodal = predicted visible" in table and ">=0.3" in table
     assert "End to end" in table and "object recall" in table and "right objects named" in table
+    split = e2e["objects_named_by_object_count"]
+    assert sum(v["answers"] for v in split.values()) == 2 and "right objects named, by objects asked for: " in table
     assert evaluate(model, dataset, max_samples=1, end_to_end_samples=None)["end_to_end"] is None
+
+
+def test_right_objects_named_split_by_how_many_objects_the_question_asks_for():
+    from training.evaluate import named_by_object_count
+
+    split = named_by_object_count([(1, True), (1, False), (1, True), (2, False), (3, True), (4, False)])
+    assert split == {"1": {"answers": 3, "accuracy": 2 / 3}, "2": {"answers": 1, "accuracy": 0.0},
+                     "3+": {"answers": 2, "accuracy": 0.5}}
+    assert named_by_object_count([]) == {}
 
 
 @pytest.mark.slow  # ~14 s on the shared 2-core CPU: matplotlib + TensorBoard imports, 2 evaluations

@@ -128,7 +128,7 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
 
     was_training = model.training
     pipeline = AuraPipeline(model=model, mask_threshold=mask_threshold, max_new_tokens=max_new_tokens)  # sets eval()
-    scores, named, exact, examples = [], 0, 0, []
+    scores, named, exact, examples, by_count = [], 0, 0, [], []
     try:
         for n, i in enumerate(indices):
             qa = dataset.data.qa[i]
@@ -137,7 +137,9 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
             score = score_sample([x.visible_mask for x in result.instances], [x.amodal_mask for x in result.instances],
                                  [v for v, _ in gt], [a for _, a in gt])
             scores.append(score)
-            named += score.n_pred == score.n_gt and objects_named([x.phrase for x in result.instances], _gt_phrases(dataset, qa))
+            right = score.n_pred == score.n_gt and objects_named([x.phrase for x in result.instances], _gt_phrases(dataset, qa))
+            named += right
+            by_count.append((score.n_gt, bool(right)))
             exact += normalise_phrase(result.answer) == normalise_phrase(qa.answer)
             if n < 3:
                 examples.append({"question": qa.question, "answer": qa.answer, "generated": result.answer,
@@ -148,8 +150,18 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
     report.update(summarise_samples(scores))
     total = max(len(indices), 1)
     report.update({"answers": len(indices), "objects_named_accuracy": named / total, "exact_answer_accuracy": exact / total,
-                   "examples": examples})
+                   "objects_named_by_object_count": named_by_object_count(by_count), "examples": examples})
     return report
+
+
+def named_by_object_count(answers: Sequence[tuple]) -> Dict[str, Dict[str, Any]]:
+    """Right objects named, split by how many objects the question asks for ("1", "2", "3+"): (n_gt, right) pairs in.
+
+    Questions about several objects fail differently (the model stops after one), and the overall figure hides it."""
+    groups: Dict[str, List[bool]] = {}
+    for n_gt, right in answers:
+        groups.setdefault(str(n_gt) if n_gt < 3 else "3+", []).append(bool(right))
+    return {k: {"answers": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
 def evaluate(
@@ -224,6 +236,10 @@ def format_table(report: Dict[str, Any], name: str = "AURA (this model)") -> str
             f"| {_pct(e2e['object_precision'])} | {_pct(e2e['object_recall'])} | {_pct(e2e['seg_count_accuracy'])} | "
             f"{_pct(e2e['objects_named_accuracy'])} | {_pct(e2e['exact_answer_accuracy'])} |",
         ]
+        split = e2e.get("objects_named_by_object_count") or {}
+        if split:
+            lines += ["", "right objects named, by objects asked for: " + ", ".join(
+                f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items())]
     lines += ["", GIOU_NOTE]
     return "\n".join(lines)
 
