@@ -117,7 +117,8 @@ def test_python_package_data_finds_the_msg_files():
 def test_launch_file_compiles_and_builds_its_description():
     source = (ROOT / "launch" / "aura.launch.py").read_text()
     compile(source, "aura.launch.py", "exec")
-    arguments = {"config", "checkpoint", "backend", "camera_topic", "query_topic", "speech_topic", "namespace", "use_sim_time"}
+    arguments = {"config", "checkpoint", "backend", "camera_topic", "query_topic", "speech_topic", "namespace", "use_sim_time",
+                 "lifecycle"}
     for argument in arguments:
         assert f'"{argument}"' in source
     pytest.importorskip("launch_ros", reason="ROS 2 launch_ros is not installed: only the syntax was checked")

@@ -397,6 +397,21 @@ def test_bad_parameter_files_and_startup_errors_stop_the_node_with_a_clean_messa
         assert "Traceback" not in output, f"{name}: raw traceback:\n{output}"
 
 
+def test_launch_with_lifecycle_brings_the_managed_node_to_active(ros_ws, tmp_path):
+    """`lifecycle:=true`: the managed node is configured (the model loads) and then activated by the launch itself."""
+    namespace = "aura_managed"
+    node = Launched(["ros2", "launch", "aura_ros", "aura.launch.py", f"namespace:={namespace}", "lifecycle:=true"],
+                    ros_ws["env"], tmp_path / "lifecycle.log", ros_ws["path"])
+    try:
+        assert node.wait_for("ready: active", STARTUP_TIMEOUT), node.output[-4000:]
+        assert "configured: backend torch" in node.output
+        state = _run(["ros2", "lifecycle", "get", f"/{namespace}/aura"], ros_ws, timeout=60)
+        assert state.returncode == 0 and state.stdout.startswith("active"), state.stdout + state.stderr
+    finally:
+        node.stop()
+    assert "Traceback" not in node.output, node.output[-4000:]
+
+
 def test_colcon_test_runs_the_package_tests(ros_ws):
     args = ["colcon", "--log-base", str(ros_ws["path"] / "log"), "test", "--base-paths", "src", "--build-base", "build",
             "--install-base", "install", "--packages-select", "aura_ros", "--ctest-args", "-R", "test_ros_conversions"]
