@@ -23,6 +23,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -321,7 +322,7 @@ def to_markdown(result: Dict[str, Any]) -> str:
         "",
         f"Device: {result['device']}; torch {result['torch']}; {result.get('total_s', 0.0):.0f} s in all "
         f"(model built in {result['build_s']:.0f} s). Medians in ms after warm-up. "
-        "Written by `python benchmarks/gpu.py`.",
+        f"Written by `{result.get('command') or 'python benchmarks/gpu.py'}`.",
         "",
         "| stage | value |",
         "|---|---:|",
@@ -396,7 +397,7 @@ def run(args, save: Callable[[Dict[str, Any]], None] = lambda result: None) -> D
     result: Dict[str, Any] = {
         "config": config.name, "smoke": args.smoke, "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
-        "build_s": build_s, "build_peak_gib": _peak_gib(device),
+        "build_s": build_s, "build_peak_gib": _peak_gib(device), "command": getattr(args, "command", None),
     }
 
     def checkpoint() -> None:
@@ -433,6 +434,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of %(default)s")
     args = parser.parse_args(argv)
     args.stages = args.stages.split(",")
+    args.command = "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not set(args.stages) <= set(STAGES):
         parser.error(f"--stages: unknown {sorted(set(args.stages) - set(STAGES))}; choose from {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -126,6 +126,7 @@ def test_gpu_benchmark_keeps_going_past_a_failed_stage(tmp_path, monkeypatch):
     report = (tmp_path / "gpu_smoke.md").read_text()
     assert "- decoders: RuntimeError: no kernel image for this device" in report
     assert "| `ask` end to end, <= 30 new tokens (ms) | 2.0 |" in report
+    assert result["command"] == f"python benchmarks/gpu.py --smoke --out {tmp_path}" and result["command"] in report
 
 
 def _free_port() -> int:
