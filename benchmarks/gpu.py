@@ -23,7 +23,6 @@ import json
 import logging
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from aura_core.model.build import build_aura_model
 from aura_core.model.config import get_config
+from training.command import command_line
 
 LOG = logging.getLogger("aura.bench.gpu")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -137,10 +137,11 @@ def _export_encoder(model, work: Path, out: Dict[str, Any], clock: Clock, args) 
     provider = "CUDAExecutionProvider" if clock.device.type == "cuda" else "CPUExecutionProvider"
     from aura_core.export.tensorrt_backend import tensorrt_unavailable_reason
 
-    if provider not in onnxruntime.get_available_providers() and tensorrt_unavailable_reason() is not None:
+    providers, no_tensorrt = onnxruntime.get_available_providers(), tensorrt_unavailable_reason()
+    if provider not in providers and no_tensorrt is not None:
         # nothing could run the export on this device: skip the (minutes-long, ViT-H) export itself
-        out["onnxruntime_ms"] = f"skipped: {provider} not available (have {onnxruntime.get_available_providers()})"
-        out["tensorrt_fp16_ms"] = f"skipped: {tensorrt_unavailable_reason()}"
+        out["onnxruntime_ms"] = f"skipped: {provider} not available (have {providers})"
+        out["tensorrt_fp16_ms"] = f"skipped: {no_tensorrt}"
         return None
     if clock.left_s() < (60 if args.smoke else 330):
         out["onnxruntime_ms"] = out["tensorrt_fp16_ms"] = f"skipped: time budget ({clock.left_s():.0f} s left)"
@@ -434,7 +435,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of %(default)s")
     args = parser.parse_args(argv)
     args.stages = args.stages.split(",")
-    args.command = "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.command = command_line("benchmarks/gpu.py", argv)
     if not set(args.stages) <= set(STAGES):
         parser.error(f"--stages: unknown {sorted(set(args.stages) - set(STAGES))}; choose from {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

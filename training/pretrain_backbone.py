@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -43,6 +42,7 @@ from aura_core.model.config import AuraConfig, get_config
 from aura_core.model.losses import bce_loss, dice_loss
 from aura_core.model.mask_decoder import build_sam_mask_decoder
 from aura_core.model.vision_backbone import build_sam_image_encoder
+from training.command import command_line
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.pretrain_backbone")
@@ -215,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.stop_at is not None and not 0 < args.stop_at <= args.steps:
         parser.error(f"--stop-at must be in 1..--steps ({args.steps}), got {args.stop_at}")
-    command = "python training/pretrain_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("training/pretrain_backbone.py", argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

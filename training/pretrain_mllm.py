@@ -27,9 +27,9 @@ and `--stop-at N` leaves after step N, so a run of hours can be done in slices:
     python training/pretrain_mllm.py --steps 6000 --stop-at 2000 --threads 1 --work-dir runs/pretrain_mllm
     python training/pretrain_mllm.py --steps 6000 --threads 1 --work-dir runs/pretrain_mllm   # continues at 2000
 
-The shipped aura_core/assets/tiny_llava/ (128 px, 64 image tokens, 3 CLIP layers) was made in four stages, text only
-then text + patch losses warm-started from it, twice continued on unseen scenes (--data-offset); the commands are in
-its manifest.json and docs/TRAINING.md.
+The shipped aura_core/assets/tiny_llava/ (128 px, 64 image tokens, 3 CLIP layers) was made in five stages, text only
+then text + patch losses warm-started from it, continued three times on unseen scenes (--data-offset); the commands
+are in its manifest.json and docs/TRAINING.md.
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ import dataclasses
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -55,6 +54,7 @@ from aura_core.matching import objects_named
 from aura_core.model.config import MLLMConfig, get_config
 from aura_core.model.mllm import MultiModalLLM
 from aura_core.model.tokenizer import seg_phrases
+from training.command import command_line
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.pretrain_mllm")
@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
             "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
             "threads": args.threads, "dtype": "float16", "history": history,
-            "command": "python training/pretrain_mllm.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command_line("training/pretrain_mllm.py", argv),
             "torch": torch.__version__, "python": platform.python_version(), "final": final,
         }
         save_llava_dir(mllm, args.out, manifest)
