@@ -206,6 +206,50 @@ def test_right_objects_named_split_by_how_many_objects_the_question_asks_for():
     assert named_by_object_count([]) == {}
 
 
+def test_answers_only_scores_a_language_models_own_answers(small_data):
+    from types import SimpleNamespace
+
+    from training.evaluate import answers_only, format_answers_only
+
+    dataset = AmodalReasonSegDataset(small_data, "val", image_size=64)
+    answers = {qa.question: qa.answer for qa in dataset.data.qa}
+
+    class Scripted:  # answers from a script: the ground truth, or only its first object
+        def __init__(self, first_only):
+            self.first_only = first_only
+
+        def generate(self, image, question, max_new_tokens=64):
+            answer = answers[question]
+            return SimpleNamespace(answer=answer.split("[SEG]")[0] + "[SEG]." if self.first_only else answer)
+
+    indices = list(range(len(dataset)))
+    perfect = answers_only(Scripted(False), dataset, indices)
+    assert perfect["objects_named_accuracy"] == perfect["seg_count_accuracy"] == 1.0
+    assert perfect["segs_generated"] == perfect["objects"] > perfect["answers"] == len(dataset)
+    several = [len(qa.object_ids) > 1 for qa in dataset.data.qa]
+    assert any(several) and not all(several)  # both kinds, so the first-object-only script fails some
+    first = answers_only(Scripted(True), dataset, indices)
+    assert first["objects_named_accuracy"] == pytest.approx(1 - sum(several) / len(several))
+    assert first["objects_named_by_object_count"]["1"]["accuracy"] == 1.0 and first["segs_generated"] == len(dataset)
+    assert "right objects named 100.00" in format_answers_only(perfect, "script")
+
+
+def test_evaluate_cli_scores_a_llava_directory_alone(small_data, tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+    from training.pretrain_mllm import build_pretext_model, mllm_config, save_llava_dir
+
+    torch.manual_seed(0)
+    llava = save_llava_dir(build_pretext_model(mllm_config("tiny", 32, 3)), tmp_path / "tiny_llava", {})
+    out = tmp_path / "answers.json"
+    assert evaluate_main(["--llava", str(llava), "--data-dir", str(small_data), "--end-to-end-samples", "2",
+                          "--out", str(out)]) == 0
+    report = json.loads(out.read_text())["answers_only"]
+    assert report["answers"] == 2 and 0.0 <= report["objects_named_accuracy"] <= 1.0 and len(report["examples"]) == 2
+    assert "Answers of" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="drop --checkpoint"):
+        evaluate_main(["--llava", str(llava), "--checkpoint", str(tmp_path), "--data-dir", str(small_data)])
+
+
 @pytest.mark.slow  # ~14 s on the shared 2-core CPU: matplotlib + TensorBoard imports, 2 evaluations
 def test_run_folder_has_tensorboard_events_and_curves(small_data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

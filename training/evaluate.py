@@ -9,10 +9,15 @@ Two things are scored and labelled separately in the JSON:
   unmatched object scores IoU 0, an extra [SEG] is a false positive (aura_core/matching.py): amodal/visible gIoU and
   cIoU, object precision and recall, right [SEG] count, right objects named, exact answers.
 
+`--llava DIR` scores a (pretrained) LLaVA directory's own answers alone, before any AURA training: right objects
+named and right [SEG] count. The AURA run's end-to-end answers come from that language model plus LoRA, so this is
+the answer quality it starts from.
+
 gIoU is the paper's (mean of per-sample IoUs, one sample = one QA pair; a multi-object sample's IoU accumulates its
 objects' intersections and unions); `*_giou_per_object` is LISA's code's mean over objects, reported beside it.
 
     python training/evaluate.py --checkpoint runs/default/model [--data-dir DIR] [--split val] [--out metrics.json]
+    python training/evaluate.py --llava aura_core/assets/tiny_llava [--end-to-end-samples N]
 """
 from __future__ import annotations
 
@@ -154,6 +159,44 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
     return report
 
 
+@torch.no_grad()
+def answers_only(mllm, dataset: AmodalReasonSegDataset, indices: Sequence[int], *,
+                 max_new_tokens: int = 64) -> Dict[str, Any]:
+    """Score a LLaVA's own greedy answers without masks: right objects named, right [SEG] count, split by objects asked for.
+
+    `mllm`: anything with `generate(image, question, max_new_tokens=...)` returning an `.answer` (MultiModalLLM)."""
+    from aura_core.model.tokenizer import seg_phrases
+
+    named, seg_count, segs, objects, by_count, examples = 0, 0, 0, 0, [], []
+    for n, i in enumerate(indices):
+        qa = dataset.data.qa[i]
+        answer = mllm.generate(dataset._image(qa.image_id), qa.question, max_new_tokens=max_new_tokens).answer
+        predicted, gt = seg_phrases(answer), _gt_phrases(dataset, qa)
+        right = len(predicted) == len(gt) and objects_named(predicted, gt)
+        named += right
+        seg_count += len(predicted) == len(gt)
+        segs, objects = segs + len(predicted), objects + len(gt)
+        by_count.append((len(gt), bool(right)))
+        if n < 3:
+            examples.append({"question": qa.question, "answer": qa.answer, "generated": answer})
+    total = max(len(indices), 1)
+    return {"answers": len(indices), "objects": objects, "segs_generated": segs, "objects_named_accuracy": named / total,
+            "seg_count_accuracy": seg_count / total, "objects_named_by_object_count": named_by_object_count(by_count),
+            "examples": examples}
+
+
+def format_answers_only(report: Dict[str, Any], name: str) -> str:
+    """One line per figure of `answers_only` (values x100)."""
+    split = report["objects_named_by_object_count"]
+    return "\n".join([
+        f"Answers of {name} alone (greedy, no masks), {report['answers']} questions, {report['objects']} objects, "
+        f"{report['segs_generated']} [SEG]s generated",
+        f"right objects named {_pct(report['objects_named_accuracy'])}, right [SEG] count {_pct(report['seg_count_accuracy'])}",
+        "right objects named, by objects asked for: " + ", ".join(
+            f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items()),
+    ])
+
+
 def named_by_object_count(answers: Sequence[tuple]) -> Dict[str, Dict[str, Any]]:
     """Right objects named, split by how many objects the question asks for ("1", "2", "3+"): (n_gt, right) pairs in.
 
@@ -262,6 +305,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--end-to-end-samples", type=int, default=0,
                         help="QA pairs the model answers itself, scored end to end (0: all, -1: none)")
     parser.add_argument("--overlays", type=int, default=0, help="number of overlay PNGs to write next to --out")
+    parser.add_argument("--llava", type=Path, default=None,
+                        help="score this LLaVA directory's own answers alone (no masks, no AURA checkpoint; "
+                             "--end-to-end-samples questions, 0: all)")
+    parser.add_argument("--llava-model", default="tiny",
+                        help="model config whose LLaVA prompt format, max length and dtype apply to --llava")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -271,9 +319,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from training.config import SyntheticDataConfig
     from training.data import check_data_dir, synthetic_data_dir
 
-    checkpoint = args.checkpoint or DEFAULT_MODEL_DIR
     data_dir = args.data_dir or synthetic_data_dir(SyntheticDataConfig())
     check_data_dir(data_dir, [args.split])
+    if args.llava is not None:
+        return _answers_only_main(args, data_dir)
+    checkpoint = args.checkpoint or DEFAULT_MODEL_DIR
     model = load_checkpoint(checkpoint, device=args.device)
     dataset = AmodalReasonSegDataset(data_dir, args.split, image_size=model.config.vision.image_size)
     overlay_dir = (args.out.parent / "overlays") if (args.out is not None and args.overlays) else None
@@ -285,6 +335,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_table(report))
+    return 0
+
+
+def _answers_only_main(args: argparse.Namespace, data_dir: Path) -> int:
+    import dataclasses
+
+    from aura_core.model.config import get_config
+    from aura_core.model.mllm import MultiModalLLM
+
+    if args.checkpoint is not None:
+        raise SystemExit("--llava scores a LLaVA directory alone; drop --checkpoint")
+    # sizes come from the directory's config.json; the named config gives the prompt format, length and dtype
+    config = dataclasses.replace(get_config(args.llava_model).mllm, pretrained_path=str(args.llava), lora_r=0,
+                                 modules_to_save=())
+    mllm = MultiModalLLM.build(config).to(args.device).eval()
+    dataset = AmodalReasonSegDataset(data_dir, args.split, image_size=256)
+    indices = spread_indices(len(dataset), max(args.end_to_end_samples, 0))
+    report = {"split": args.split, "data_dir": str(data_dir), "llava": str(args.llava),
+              "answers_only": answers_only(mllm, dataset, indices)}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_answers_only(report["answers_only"], str(args.llava)))
     return 0
 
 
