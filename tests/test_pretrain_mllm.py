@@ -24,6 +24,7 @@ from training.pretrain_mllm import (
     patch_targets,
     pretext_losses,
     describe,
+    load_growing_depth,
     main,
     mllm_config,
     save_llava_dir,
@@ -138,6 +139,30 @@ def test_runs_in_resumable_slices_like_one_run(tmp_path):
     one, two = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert one.keys() == two.keys()
     assert all(torch.allclose(one[k].float(), two[k].float(), atol=2e-3) for k in one)
+
+
+def test_growing_the_language_model_deeper_starts_from_what_the_shallow_one_computes(tmp_path):
+    torch.manual_seed(0)
+    shallow = build_pretext_model(mllm_config("tiny", 32, 3)).eval()
+    deep = build_pretext_model(mllm_config("tiny", 32, 3, language_layers=4)).eval()
+    assert load_growing_depth(deep, shallow.state_dict()) == [2, 3]
+    image = np.full((40, 40, 3), 90, np.uint8)
+    batch = shallow.encode([image], ["What is here?"], ["I can see the cup [SEG]."])
+    with torch.no_grad():
+        assert torch.allclose(shallow(batch).text_loss, deep(batch).text_loss, atol=1e-6)
+    deep.train()
+    deep(batch).text_loss.backward()  # the new layers learn: their zero output projections get gradients
+    assert deep.core.model.language_model.layers[3].self_attn.o_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(SystemExit, match="only language-model layers"):
+        load_growing_depth(build_pretext_model(mllm_config("tiny", 32, 2)), shallow.state_dict())
+    # Through the script: a warm start with --language-layers records the growth and ships the deeper model.
+    main(SMALL + ["--steps", "2", "--work-dir", str(tmp_path / "one"), "--out", str(tmp_path / "a")])
+    main(SMALL + ["--steps", "2", "--init", str(tmp_path / "one" / "state.pt"), "--language-layers", "3",
+                  "--work-dir", str(tmp_path / "two"), "--out", str(tmp_path / "b")])
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["language_layers"] == 3 and [h for h in manifest["history"] if "init" in h][-1]["grown_language_layers"] == [2]
+    loaded = MultiModalLLM.build(dataclasses.replace(get_config("tiny").mllm, pretrained_path=str(tmp_path / "b")))
+    assert loaded.core.config.text_config.num_hidden_layers == 3
 
 
 def test_aura_model_on_a_relative_llava_dir_saves_self_contained(tmp_path):

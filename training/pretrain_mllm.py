@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -141,15 +142,40 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
-def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[int]) -> MLLMConfig:
-    """The model's MLLM sizes (optionally another CLIP input size / depth), everything trained, no LoRA."""
+def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[int],
+                language_layers: Optional[int] = None) -> MLLMConfig:
+    """The model's MLLM sizes (optionally another CLIP input size / depth, language-model depth), everything trained,
+    no LoRA."""
     config = get_config(model).mllm
     changes = {"lora_r": 0, "modules_to_save": (), "pretrained_path": None, "dtype": "float32"}
     if image_size:
         changes["vision_image_size"] = image_size
     if vision_layers:
         changes["vision_layers"] = vision_layers
+    if language_layers:
+        changes["num_layers"] = language_layers
     return dataclasses.replace(config, **changes)
+
+
+_LM_LAYER = re.compile(r"\.language_model\.layers\.(\d+)\.")
+
+
+def load_growing_depth(mllm: MultiModalLLM, state: Dict[str, torch.Tensor]) -> List[int]:
+    """Load `state` into `mllm`, which may have more language-model layers than `state`: the extra layers start as
+    identity (attention and MLP output projections zero, so each adds nothing to the residual stream), so the deeper
+    model first computes exactly what the shallower one did and training grows it from there. Returns the new layers."""
+    missing, unexpected = mllm.load_state_dict(state, strict=False)
+    grown = sorted({int(m.group(1)) for m in map(_LM_LAYER.search, missing) if m})
+    other = [k for k in missing if not _LM_LAYER.search(k)]
+    if unexpected or other:
+        raise SystemExit(f"--init does not fit this model: unexpected {unexpected[:3]}, missing {other[:3]} "
+                         "(only language-model layers may be added)")
+    with torch.no_grad():
+        for index in grown:
+            layer = mllm.core.model.language_model.layers[index]
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return grown
 
 
 def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
@@ -269,6 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model", default="tiny", help="aura_core model config whose MLLM sizes to use")
     parser.add_argument("--image-size", type=int, default=None, help="CLIP input side (default: the config's)")
     parser.add_argument("--vision-layers", type=int, default=None, help="CLIP layers (default: the config's)")
+    parser.add_argument("--language-layers", type=int, default=None,
+                        help="language-model layers (default: the config's); more than --init has grows it: the new "
+                             "layers are appended as identity")
     parser.add_argument("--scene-size", type=int, default=256, help="side of the drawn scenes (the AURA data's)")
     parser.add_argument("--steps", type=int, default=6000, help="length of the lr schedule")
     parser.add_argument("--stop-at", type=int, default=None, help="leave after this step with a resumable state")
@@ -295,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = mllm_config(args.model, args.image_size, args.vision_layers)
+    config = mllm_config(args.model, args.image_size, args.vision_layers, args.language_layers)
     mllm = build_pretext_model(config)
     heads = PatchHeads(mllm.hidden_size) if args.patch_weight > 0 else None
     grid = config.vision_image_size // config.vision_patch_size
@@ -319,12 +348,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOG.info("resumed at step %d from %s", start, state_file)
     elif args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=False)
-        mllm.load_state_dict(init["model"])
+        grown = load_growing_depth(mllm, init["model"])
         if heads is not None and init.get("heads"):
             heads.load_state_dict(init["heads"])
         history = list(init.get("history", []))  # the earlier stages' record travels with the weights
         history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps"),
-                        "data_offset": args.data_offset})
+                        "data_offset": args.data_offset, **({"grown_language_layers": grown} if grown else {})})
         LOG.info("warm start from %s (step %d)", args.init, int(init["step"]))
     mllm.train()
     held_out = held_out_samples(args.seed, args.scene_size, args.eval_scenes, args.describe_share, grid)
@@ -348,6 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "per-patch visible-category and amodal-coverage losses on the image tokens; "
                     "training/pretrain_mllm.py",
             "model": args.model, "image_size": config.vision_image_size, "vision_layers": config.vision_layers,
+            "language_layers": config.num_layers,
             "steps_done": step, "steps_schedule": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
             "patch_weight": args.patch_weight, "init": str(args.init) if args.init else None,
