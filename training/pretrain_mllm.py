@@ -27,8 +27,8 @@ and `--stop-at N` leaves after step N, so a run of hours can be done in slices:
     python training/pretrain_mllm.py --steps 6000 --stop-at 2000 --threads 1 --work-dir runs/pretrain_mllm
     python training/pretrain_mllm.py --steps 6000 --threads 1 --work-dir runs/pretrain_mllm   # continues at 2000
 
-The shipped aura_core/assets/tiny_llava/ (128 px, 64 image tokens, 3 CLIP layers) was made in five stages, text only
-then text + patch losses warm-started from it, continued three times on unseen scenes (--data-offset); the commands
+The shipped aura_core/assets/tiny_llava/ (128 px, 64 image tokens, 3 CLIP layers) was made in six stages, text only
+then text + patch losses warm-started from it, continued four times on unseen scenes (--data-offset); the commands
 are in its manifest.json and docs/TRAINING.md.
 """
 from __future__ import annotations
