@@ -11,7 +11,7 @@ import collections
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
@@ -261,7 +261,7 @@ class AuraResponder:
         if frame is None:
             why = f"no camera frame received in the last {self.params.max_image_age:g} s"
             LOG.warning("cannot answer %s: %s", _quoted(query.question), why)
-            query.future.set_result(self._finish(query, None, STATUS_NO_IMAGE, why))
+            self._resolve(query, self._finish(query, None, STATUS_NO_IMAGE, why))
             return
         try:
             with self._pipeline_lock:
@@ -272,9 +272,18 @@ class AuraResponder:
             # One line for the operator (the query is answered STATUS_FAILED saying why); the traceback at debug level.
             LOG.error("inference failed for %s: %s: %s", _quoted(query.question), type(error).__name__, error)
             LOG.debug("inference failure", exc_info=True)
-            query.future.set_result(self._finish(query, None, STATUS_FAILED, f"{type(error).__name__}: {error}"))
+            self._resolve(query, self._finish(query, None, STATUS_FAILED, f"{type(error).__name__}: {error}"))
             return
-        query.future.set_result(self._finish(query, frame, STATUS_OK, "", result))
+        self._resolve(query, self._finish(query, frame, STATUS_OK, "", result))
+
+    @staticmethod
+    def _resolve(query: Query, segmentation: Any) -> None:
+        """Hands the worker's segmentation to the query's caller, unless expire() already gave up on it: then the
+        caller has its STATUS_FAILED, and the late answer (already published) goes to the topics only."""
+        try:
+            query.future.set_result(segmentation)
+        except InvalidStateError:
+            LOG.info("answered %s after its caller gave up; the answer went to the topics only", _quoted(query.question))
 
     def _finish(
         self, query: Query, frame: Optional[Frame], status: int, why: str, result: Optional[AuraResult] = None
@@ -323,7 +332,7 @@ class AuraResponder:
             LOG.warning("giving up on %s: %s", _quoted(query.question), why)
             try:
                 query.future.set_result(self._finish(query, None, STATUS_FAILED, why))
-            except Exception:  # noqa: BLE001 - resolved by the worker between the check and here (InvalidStateError)
+            except InvalidStateError:  # resolved by the worker between the check and here
                 pass
         return query.future.result()
 
@@ -359,7 +368,7 @@ class AuraResponder:
             except Exception:  # noqa: BLE001 - keep serving; the error is logged with its traceback
                 LOG.exception("worker error")
                 if query is not None and not query.future.done():
-                    query.future.set_result(self._finish(query, None, STATUS_FAILED, "worker error"))
+                    self._resolve(query, self._finish(query, None, STATUS_FAILED, "worker error"))
 
     def _embedding_enabled(self) -> bool:
         return self.params.precompute_embedding and hasattr(self.pipeline, "set_image")

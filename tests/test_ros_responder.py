@@ -225,6 +225,30 @@ def test_expire_unqueues_a_waiting_query_and_fails_it(factory, scene_list):
         r.close()
 
 
+def test_a_query_given_up_while_inside_the_model_is_not_a_worker_error(factory, scene_list, caplog):
+    gate = threading.Event()
+    r, published, _ = make_responder(factory, ScenePipeline(scene_list, gate=gate), threaded=True,
+                                     clock=time.monotonic_ns, precompute_embedding=False)
+    try:
+        r.on_image(image_msg(factory, scene_list[0].image))
+        running = r.submit("first", request_id="slow")
+        assert r.pipeline.started.wait(30)
+        seg = r.expire(running, "no answer within ask_timeout = 1 s")  # the caller gives up mid-inference
+        assert seg.status == STATUS_FAILED and seg.request_id == "slow"
+        with caplog.at_level(logging.INFO, logger=responder_module.LOG.name):
+            gate.set()
+            after = r.submit("second").future.result(timeout=30)  # the worker finished "first" and kept serving
+        assert after.status == STATUS_OK
+        assert running.future.result() is seg  # the caller's answer stands
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]  # before: "worker error" + traceback
+        late = [m for m in published["segmentation"] if m.request_id == "slow"]
+        assert [m.status for m in late] == [STATUS_FAILED, STATUS_OK]  # the late answer still reaches the topics
+        assert any("after its caller gave up" in rec.getMessage() for rec in caplog.records)
+    finally:
+        gate.set()
+        r.close()
+
+
 def test_request_ids_are_echoed_or_assigned(factory, scene_list):
     r, _, _ = make_responder(factory, ScenePipeline(scene_list))
     r.on_image(image_msg(factory, scene_list[0].image))
