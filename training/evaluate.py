@@ -187,14 +187,17 @@ def answers_only(mllm, dataset: AmodalReasonSegDataset, indices: Sequence[int], 
 
 def format_answers_only(report: Dict[str, Any], name: str) -> str:
     """One line per figure of `answers_only` (values x100)."""
-    split = report["objects_named_by_object_count"]
     return "\n".join([
         f"Answers of {name} alone (greedy, no masks), {report['answers']} questions, {report['objects']} objects, "
         f"{report['segs_generated']} [SEG]s generated",
         f"right objects named {_pct(report['objects_named_accuracy'])}, right [SEG] count {_pct(report['seg_count_accuracy'])}",
-        "right objects named, by objects asked for: " + ", ".join(
-            f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items()),
+        _named_split_line(report["objects_named_by_object_count"]),
     ])
+
+
+def _named_split_line(split: Dict[str, Dict[str, Any]]) -> str:
+    return "right objects named, by objects asked for: " + ", ".join(
+        f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items())
 
 
 def named_by_object_count(answers: Sequence[tuple]) -> Dict[str, Dict[str, Any]]:
@@ -281,8 +284,7 @@ def format_table(report: Dict[str, Any], name: str = "AURA (this model)") -> str
         ]
         split = e2e.get("objects_named_by_object_count") or {}
         if split:
-            lines += ["", "right objects named, by objects asked for: " + ", ".join(
-                f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items())]
+            lines += ["", _named_split_line(split)]
     lines += ["", GIOU_NOTE]
     return "\n".join(lines)
 
