@@ -24,6 +24,7 @@ from training.pretrain_mllm import (
     patch_targets,
     pretext_losses,
     describe,
+    fit_image_grid,
     load_growing_depth,
     main,
     mllm_config,
@@ -184,3 +185,33 @@ def test_aura_model_on_a_relative_llava_dir_saves_self_contained(tmp_path):
         a = model.mllm(model.mllm.encode([image], ["What is here?"], ["I can see the cup [SEG]."]))
         b = reloaded.mllm(reloaded.mllm.encode([image], ["What is here?"], ["I can see the cup [SEG]."]))
     assert torch.allclose(a.text_loss, b.text_loss, atol=1e-5)
+
+
+def test_a_finer_image_grid_starts_from_the_coarse_position_table(tmp_path):
+    torch.manual_seed(0)
+    coarse = build_pretext_model(mllm_config("tiny", 32, 2))  # 2 x 2 patches of 16 px
+    fine = build_pretext_model(mllm_config("tiny", 64, 2))  # 4 x 4
+    state = coarse.state_dict()
+    key = next(k for k in state if k.endswith("position_embedding.weight"))
+    before = state[key].clone()
+    assert fit_image_grid(fine, state) == (2, 2 * 2)
+    assert state[key].shape == fine.state_dict()[key].shape
+    assert torch.equal(state[key][0], before[0])  # the class position is kept
+    table = state[key][1:].reshape(4, 4, -1)
+    assert torch.allclose(table.mean(dim=(0, 1)), before[1:].mean(0), atol=0.15)  # interpolated, not re-initialised
+    assert torch.corrcoef(torch.stack([table[0, 0], before[1]]))[0, 1] > 0.5  # corners follow their coarse patch
+    load_growing_depth(fine, state)
+    assert fit_image_grid(fine, fine.state_dict()) is None  # same grid: nothing to do
+    with pytest.raises(SystemExit, match="cannot be resized"):
+        fit_image_grid(fine, {key: torch.zeros(6, before.shape[1])})
+    # Through the script: --image-size above --init's records the new grid and ships a directory that loads.
+    main(SMALL + ["--steps", "2", "--work-dir", str(tmp_path / "one"), "--out", str(tmp_path / "a")])
+    size = json.loads((tmp_path / "a" / MANIFEST).read_text())["image_size"]
+    main(SMALL[:SMALL.index("--image-size")] + SMALL[SMALL.index("--image-size") + 2:]
+         + ["--image-size", str(2 * size), "--steps", "2", "--init", str(tmp_path / "one" / "state.pt"),
+            "--work-dir", str(tmp_path / "two"), "--out", str(tmp_path / "b")])
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["image_size"] == 2 * size
+    assert [h for h in manifest["history"] if "init" in h][-1]["image_grid"] == [size // 16, 2 * size // 16]
+    loaded = MultiModalLLM.build(dataclasses.replace(get_config("tiny").mllm, pretrained_path=str(tmp_path / "b")))
+    assert loaded.core.config.vision_config.image_size == 2 * size

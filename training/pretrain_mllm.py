@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import platform
 import re
 import time
@@ -178,6 +179,28 @@ def load_growing_depth(mllm: MultiModalLLM, state: Dict[str, torch.Tensor]) -> L
     return grown
 
 
+_POSITIONS = "embeddings.position_embedding.weight"
+
+
+def fit_image_grid(mllm: MultiModalLLM, state: Dict[str, torch.Tensor]) -> Optional[Tuple[int, int]]:
+    """Resize the CLIP position table in `state` (in place) to `mllm`'s patch grid, e.g. 8 x 8 -> 16 x 16 when
+    --image-size doubles: the class position is kept and the grid's rows are interpolated bicubically, so a tower
+    warm-started at a finer grid starts with the spatial layout it learned. Returns (old grid, new grid), or None."""
+    target = {k: v for k, v in mllm.state_dict().items() if k.endswith(_POSITIONS)}
+    for key, table in target.items():
+        old = state.get(key)
+        if old is None or old.shape == table.shape:
+            continue
+        g_old, g_new = math.isqrt(old.shape[0] - 1), math.isqrt(table.shape[0] - 1)
+        if g_old * g_old != old.shape[0] - 1 or g_new * g_new != table.shape[0] - 1 or old.shape[1] != table.shape[1]:
+            raise SystemExit(f"--init: {key} {tuple(old.shape)} cannot be resized to {tuple(table.shape)}")
+        grid = old[1:].T.reshape(1, old.shape[1], g_old, g_old).float()
+        grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
+        state[key] = torch.cat([old[:1].float(), grid.reshape(old.shape[1], -1).T]).to(old.dtype)
+        return g_old, g_new
+    return None
+
+
 def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
     """A random-init tiny LLaVA with every tensor trainable (tower, projector, language model)."""
     mllm = MultiModalLLM.build(config)
@@ -293,7 +316,8 @@ def save_llava_dir(mllm: MultiModalLLM, out: Path, manifest: Dict[str, object]) 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="aura_core model config whose MLLM sizes to use")
-    parser.add_argument("--image-size", type=int, default=None, help="CLIP input side (default: the config's)")
+    parser.add_argument("--image-size", type=int, default=None, help="CLIP input side (default: the config's); a larger one than --init's gives a finer patch grid, its "
+                             "position table interpolated from --init's")
     parser.add_argument("--vision-layers", type=int, default=None, help="CLIP layers (default: the config's)")
     parser.add_argument("--language-layers", type=int, default=None,
                         help="language-model layers (default: the config's); more than --init has grows it: the new "
@@ -309,7 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--patch-weight", type=float, default=1.0,
                         help="weight of the two patch pretext losses on the image tokens (0: text only)")
     parser.add_argument("--init", type=Path, default=None,
-                        help="warm start (weights only) from the state.pt of an earlier run with the same sizes")
+                        help="warm start (weights only) from the state.pt of an earlier run with the same sizes, or fewer "
+                             "language-model layers, or a coarser image grid (see --language-layers, --image-size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-offset", type=int, default=0,
                         help="skip this many batches of the scene stream (a warm-started stage then sees new scenes)")
@@ -348,12 +373,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOG.info("resumed at step %d from %s", start, state_file)
     elif args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=False)
+        regrid = fit_image_grid(mllm, init["model"])
         grown = load_growing_depth(mllm, init["model"])
         if heads is not None and init.get("heads"):
             heads.load_state_dict(init["heads"])
         history = list(init.get("history", []))  # the earlier stages' record travels with the weights
         history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps"),
-                        "data_offset": args.data_offset, **({"grown_language_layers": grown} if grown else {})})
+                        "data_offset": args.data_offset, **({"grown_language_layers": grown} if grown else {}),
+                        **({"image_grid": list(regrid)} if regrid else {})})
         LOG.info("warm start from %s (step %d)", args.init, int(init["step"]))
     mllm.train()
     held_out = held_out_samples(args.seed, args.scene_size, args.eval_scenes, args.describe_share, grid)
