@@ -316,8 +316,9 @@ def save_llava_dir(mllm: MultiModalLLM, out: Path, manifest: Dict[str, object]) 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="aura_core model config whose MLLM sizes to use")
-    parser.add_argument("--image-size", type=int, default=None, help="CLIP input side (default: the config's); a larger one than --init's gives a finer patch grid, its "
-                             "position table interpolated from --init's")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="CLIP input side (default: the config's); larger than --init's gives a finer patch grid, "
+                             "its position table interpolated from --init's")
     parser.add_argument("--vision-layers", type=int, default=None, help="CLIP layers (default: the config's)")
     parser.add_argument("--language-layers", type=int, default=None,
                         help="language-model layers (default: the config's); more than --init has grows it: the new "
