@@ -186,19 +186,17 @@ def fit_image_grid(mllm: MultiModalLLM, state: Dict[str, torch.Tensor]) -> Optio
     """Resize the CLIP position table in `state` (in place) to `mllm`'s patch grid, e.g. 8 x 8 -> 16 x 16 when
     --image-size doubles: the class position is kept and the grid's rows are interpolated bicubically, so a tower
     warm-started at a finer grid starts with the spatial layout it learned. Returns (old grid, new grid), or None."""
-    target = {k: v for k, v in mllm.state_dict().items() if k.endswith(_POSITIONS)}
-    for key, table in target.items():
-        old = state.get(key)
-        if old is None or old.shape == table.shape:
-            continue
-        g_old, g_new = math.isqrt(old.shape[0] - 1), math.isqrt(table.shape[0] - 1)
-        if g_old * g_old != old.shape[0] - 1 or g_new * g_new != table.shape[0] - 1 or old.shape[1] != table.shape[1]:
-            raise SystemExit(f"--init: {key} {tuple(old.shape)} cannot be resized to {tuple(table.shape)}")
-        grid = old[1:].T.reshape(1, old.shape[1], g_old, g_old).float()
-        grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
-        state[key] = torch.cat([old[:1].float(), grid.reshape(old.shape[1], -1).T]).to(old.dtype)
-        return g_old, g_new
-    return None
+    key, table = next((k, v) for k, v in mllm.state_dict().items() if k.endswith(_POSITIONS))  # LLaVA has one tower
+    old = state.get(key)
+    if old is None or old.shape == table.shape:
+        return None
+    g_old, g_new = math.isqrt(old.shape[0] - 1), math.isqrt(table.shape[0] - 1)
+    if g_old * g_old != old.shape[0] - 1 or g_new * g_new != table.shape[0] - 1 or old.shape[1] != table.shape[1]:
+        raise SystemExit(f"--init: {key} {tuple(old.shape)} cannot be resized to {tuple(table.shape)}")
+    grid = old[1:].T.reshape(1, old.shape[1], g_old, g_old).float()
+    grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
+    state[key] = torch.cat([old[:1].float(), grid.reshape(old.shape[1], -1).T]).to(old.dtype)
+    return g_old, g_new
 
 
 def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
