@@ -17,6 +17,12 @@ heads on each image token predict which category is visible in that patch (soft 
 of each category and the background) and which categories' amodal masks cover it (BCE against the covered share),
 i.e. what is where and what lies behind what. The heads are pretext-only and not shipped.
 
+Those heads teach the image tokens what lies where; they do not teach the language model to find the object a question
+names among them (the relational answers stayed near 50 % through more depth and a finer grid). With
+--relation-weight, a third pretext head binds names to objects: at every object name in the question or answer, the
+language model's state after --relation-layer layers (below the last, where the answer-writing layers can read it)
+predicts which categories cover part of that object and which it covers (BCE, as the answers count a cover).
+
 The result is an HF-format llava directory (fp16 `model.safetensors`, `config.json`, tokenizer, image processor) plus
 `manifest.json` (how it was made, held-out figures) that `MLLMConfig.pretrained_path` loads like any llava-hf model.
 The AURA default run then freezes the tower and projector and trains LoRA on top, as the paper does.
@@ -34,6 +40,7 @@ are in its manifest.json and docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -66,8 +73,9 @@ DESCRIBE_QUESTIONS = ("What things can you see here?", "What is here?", "Which t
 MANIFEST = "manifest.json"
 
 NUM_CATEGORIES = len(CATEGORIES)  # category ids 1..12; patch class 0 is the background
-# image, question, answer, phrases before each [SEG], patch targets: visible (N, 1 + C) area shares, amodal (N, C)
-Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray]
+# image, question, answer, phrases before each [SEG], patch targets: visible (N, 1 + C) area shares, amodal (N, C),
+# relation targets (C, 1 + 2C): see relation_targets
+Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray, np.ndarray]
 
 
 def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -84,6 +92,19 @@ def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndar
     vis = pool(visible).flatten(1).T.contiguous().numpy()  # (grid*grid, 1 + C)
     amo = pool(amodal).flatten(1).T.contiguous().numpy()  # (grid*grid, C)
     return vis / np.clip(vis.sum(1, keepdims=True), 1e-6, None), amo
+
+
+def relation_targets(scene: SyntheticScene) -> np.ndarray:
+    """(C, 1 + 2C) per category: [0] whether it is in the scene, [1 + b] whether category b covers part of it, and
+    [1 + C + b] whether it covers part of category b, as the answers count a cover (`_occluders`)."""
+    out = np.zeros((NUM_CATEGORIES, 1 + 2 * NUM_CATEGORIES), np.float32)
+    for i, obj in enumerate(scene.objects):
+        out[obj.category_id - 1, 0] = 1.0
+        for j, _ in _occluders(scene, i):
+            front = scene.objects[j].category_id - 1
+            out[obj.category_id - 1, 1 + front] = 1.0
+            out[front, 1 + NUM_CATEGORIES + obj.category_id - 1] = 1.0
+    return out
 
 
 def describe(scene: SyntheticScene, rng: np.random.Generator) -> Sample:
@@ -106,7 +127,8 @@ def scene_samples(seed: int, index: int, size: int, describe_share: float, grid:
     if rng.random() < describe_share or not texts:
         texts.append(describe(scene, rng))
     vis, amo = patch_targets(scene, grid)
-    return [(*text, vis, amo) for text in texts]
+    rel = relation_targets(scene)
+    return [(*text, vis, amo, rel) for text in texts]
 
 
 class PretextText(IterableDataset):
@@ -215,6 +237,48 @@ class PatchHeads(nn.Module):
         self.amodal = nn.Linear(hidden_size, NUM_CATEGORIES)
 
 
+class RelationHead(nn.Module):
+    """Pretext-only head that binds a name to its object: read at each object name in the text (the language model's
+    residual stream after `layer` decoder layers), it says what covers that object and what the object covers. Below the
+    last layer, so the later layers that write the answer can read it there."""
+
+    def __init__(self, hidden_size: int, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.linear = nn.Linear(hidden_size, 2 * NUM_CATEGORIES)
+
+    def targets(self, mllm: MultiModalLLM, input_ids: torch.Tensor, samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(where, target): the positions (B, T) holding the name of an object in that sample's scene, and their
+        (n, 2C) covered-by / covers targets."""
+        names = torch.tensor([mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES])
+        is_name = input_ids[..., None] == names  # (B, T, C)
+        category = is_name.float().argmax(-1)  # (B, T)
+        rel = torch.from_numpy(np.stack([s[6] for s in samples]))  # (B, C, 1 + 2C)
+        per_token = torch.gather(rel, 1, category[..., None].expand(-1, -1, rel.shape[-1]))  # (B, T, 1 + 2C)
+        where = is_name.any(-1) & (per_token[..., 0] > 0)
+        return where, per_token[where][:, 1:]
+
+
+class _LayerOutput:
+    """Keeps the residual stream after one language-model layer during a forward pass."""
+
+    def __init__(self, mllm: MultiModalLLM, layer: int) -> None:
+        layers = mllm.core.model.language_model.layers
+        if not 1 <= layer <= len(layers):
+            raise SystemExit(f"--relation-layer {layer}: the language model has layers 1..{len(layers)}")
+        self.value: Optional[torch.Tensor] = None
+        self.handle = layers[layer - 1].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.value = output[0] if isinstance(output, tuple) else output
+
+    def __enter__(self) -> "_LayerOutput":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
 def image_tokens(mllm: MultiModalLLM, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N, hidden) projected image features, exactly those LLaVA puts in place of the <image> tokens."""
     out = mllm.core.model.get_image_features(pixel_values=pixel_values)
@@ -227,11 +291,20 @@ def text_loss(mllm: MultiModalLLM, samples: Sequence[Sample]) -> torch.Tensor:
     return mllm(mllm.encode(list(images), list(questions), list(answers))).text_loss
 
 
-def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Sequence[Sample]) -> Dict[str, torch.Tensor]:
-    """text (next-token on the answers) and, with heads, patch_visible (soft CE) and patch_amodal (BCE)."""
+def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Sequence[Sample],
+                   relation: Optional[RelationHead] = None) -> Dict[str, torch.Tensor]:
+    """text (next-token on the answers); with heads, patch_visible (soft CE) and patch_amodal (BCE); with relation,
+    relation (BCE at the object names)."""
     images, questions, answers = zip(*[s[:3] for s in samples])
     inputs = mllm.encode(list(images), list(questions), list(answers))
-    losses = {"text": mllm(inputs).text_loss}
+    if relation is None:
+        losses = {"text": mllm(inputs).text_loss}
+    else:
+        with _LayerOutput(mllm, relation.layer) as kept:
+            losses = {"text": mllm(inputs).text_loss}
+        where, target = relation.targets(mllm, inputs["input_ids"], samples)
+        if bool(where.any()):
+            losses["relation"] = F.binary_cross_entropy_with_logits(relation.linear(kept.value[where]), target)
     if heads is not None:
         tokens = image_tokens(mllm, inputs["pixel_values"])
         vis = torch.from_numpy(np.stack([s[4] for s in samples]))
@@ -243,19 +316,26 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
 
 @torch.no_grad()
 def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
-             heads: Optional[PatchHeads] = None) -> Dict[str, float]:
+             heads: Optional[PatchHeads] = None, relation: Optional[RelationHead] = None) -> Dict[str, float]:
     """Held-out text loss and token accuracy (teacher-forced), and on the first `generate` samples the share of
-    greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count."""
+    greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count;
+    with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
     was_training = mllm.training
     mllm.eval()
     losses, correct, total = [], 0, 0
-    patch_right = patch_total = 0
+    patch_right = patch_total = relation_right = relation_total = 0
     for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
         images, questions, answers = zip(*[s[:3] for s in chunk])
         inputs = mllm.encode(list(images), list(questions), list(answers))
-        hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                                 attention_mask=inputs["attention_mask"])
+        with _LayerOutput(mllm, relation.layer) if relation is not None else contextlib.nullcontext() as kept:
+            hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                                     attention_mask=inputs["attention_mask"])
+        if relation is not None:
+            where, target = relation.targets(mllm, inputs["input_ids"], chunk)
+            guess = relation.linear(kept.value[where]) > 0
+            relation_right += int((guess == (target > 0.5)).all(-1).sum())
+            relation_total += int(where.sum())
         targets = inputs["labels"][:, 1:]
         keep = targets != -100
         logits = mllm.core.lm_head(hidden[:, :-1][keep])
@@ -279,6 +359,8 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
               "right_objects_named": named / max(generate, 1), "right_seg_count": seg_count / max(generate, 1)}
     if heads is not None:
         report["patch_visible_accuracy"] = patch_right / max(patch_total, 1)
+    if relation is not None:
+        report["relation_exact"] = relation_right / max(relation_total, 1)
     return report
 
 
@@ -331,6 +413,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--describe-share", type=float, default=0.5, help="share of scenes that add a description")
     parser.add_argument("--patch-weight", type=float, default=1.0,
                         help="weight of the two patch pretext losses on the image tokens (0: text only)")
+    parser.add_argument("--relation-weight", type=float, default=0.0,
+                        help="weight of the relation pretext at each object name: what covers it and what it covers, "
+                             "read off the language model after --relation-layer layers (0: none)")
+    parser.add_argument("--relation-layer", type=int, default=1,
+                        help="language-model layer whose output the relation pretext reads (below the last)")
     parser.add_argument("--init", type=Path, default=None,
                         help="warm start (weights only) from the state.pt of an earlier run with the same sizes, or fewer "
                              "language-model layers, or a coarser image grid (see --language-layers, --image-size)")
@@ -351,8 +438,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = mllm_config(args.model, args.image_size, args.vision_layers, args.language_layers)
     mllm = build_pretext_model(config)
     heads = PatchHeads(mllm.hidden_size) if args.patch_weight > 0 else None
+    relation = RelationHead(mllm.hidden_size, args.relation_layer) if args.relation_weight > 0 else None
+    if relation is not None:
+        _LayerOutput(mllm, args.relation_layer).handle.remove()  # a bad --relation-layer fails here, not at step 1
     grid = config.vision_image_size // config.vision_patch_size
-    params = [p for p in mllm.parameters() if p.requires_grad] + (list(heads.parameters()) if heads is not None else [])
+    params = [p for p in mllm.parameters() if p.requires_grad]
+    params += [p for m in (heads, relation) if m is not None for p in m.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -367,6 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mllm.load_state_dict(state["model"])
         if heads is not None:
             heads.load_state_dict(state["heads"])
+        if relation is not None:
+            relation.load_state_dict(state["relation"])
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed_before, history = int(state["step"]), float(state["elapsed_s"]), list(state["history"])
         LOG.info("resumed at step %d from %s", start, state_file)
@@ -376,6 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         grown = load_growing_depth(mllm, init["model"])
         if heads is not None and init.get("heads"):
             heads.load_state_dict(init["heads"])
+        if relation is not None and init.get("relation"):
+            relation.load_state_dict(init["relation"])
         history = list(init.get("history", []))  # the earlier stages' record travels with the weights
         history.append({"init": str(args.init), "init_step": int(init["step"]), "init_steps": init.get("steps"),
                         "data_offset": args.data_offset, **({"grown_language_layers": grown} if grown else {}),
@@ -394,19 +489,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def save(final: bool) -> None:
         torch.save({"model": mllm.state_dict(), "heads": heads.state_dict() if heads is not None else None,
+                    "relation": relation.state_dict() if relation is not None else None,
                     "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed_s": elapsed_before + time.time() - t0, "history": history, "steps": args.steps,
                     "mllm_config": dataclasses.asdict(config)}, state_file)
         manifest = {
             "what": "tiny LLaVA (CLIP tower + projector + language model), all trained on synthetic scenes' questions, "
                     "answers and scene descriptions (next-token loss on the answer) plus, with patch_weight > 0, "
-                    "per-patch visible-category and amodal-coverage losses on the image tokens; "
-                    "training/pretrain_mllm.py",
+                    "per-patch visible-category and amodal-coverage losses on the image tokens and, with "
+                    "relation_weight > 0, a what-covers-it loss at each object name; training/pretrain_mllm.py",
             "model": args.model, "image_size": config.vision_image_size, "vision_layers": config.vision_layers,
             "language_layers": config.num_layers,
             "steps_done": step, "steps_schedule": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
-            "patch_weight": args.patch_weight, "init": str(args.init) if args.init else None,
+            "patch_weight": args.patch_weight, "relation_weight": args.relation_weight,
+            "relation_layer": args.relation_layer if relation is not None else None, "init": str(args.init) if args.init else None,
             "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
             "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
             "threads": args.threads, "dtype": "float16", "history": history,
@@ -421,8 +518,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lr = warmup_decay_lr(step, base_lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        parts = pretext_losses(mllm, heads, batch)
-        loss = parts["text"] + args.patch_weight * sum(v for k, v in parts.items() if k != "text")
+        parts = pretext_losses(mllm, heads, batch, relation)
+        loss = (parts["text"] + args.patch_weight * sum(v for k, v in parts.items() if k.startswith("patch_"))
+                + args.relation_weight * parts.get("relation", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -433,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         record: Dict[str, object] = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "lr": lr,
                                      "elapsed_s": elapsed_before + time.time() - t0}
         if step % args.eval_every == 0 or step == end:
-            metrics = evaluate(mllm, held_out, args.eval_generate, heads)
+            metrics = evaluate(mllm, held_out, args.eval_generate, heads, relation)
             record.update(metrics)
             history.append({"step": step, **metrics})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
