@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aura_core.data.format import load_split
-from aura_core.data.synthetic import CATEGORIES, SHAPES, generate_scene, main, write_split
+from aura_core.data.synthetic import CATEGORIES, QA_KINDS, SHAPES, generate_scene, main, write_split
 from aura_core.model.tokens import SEG_TOKEN
 
 N_SCENES = 80
@@ -69,6 +69,21 @@ def test_qa_pairs(scenes):
     assert multi > 10 and occluder_questions > 5
 
 
+def test_each_question_records_what_it_asks(scenes):
+    starts = {"behind": ("What is partly hidden behind", "What lies behind", "Which things does"),
+              "in_front": ("What is covering part of", "What is in front of"),
+              "most_hidden": ("Which object is hidden the most", "What is the hardest thing to see"),
+              "on_top": ("What is lying on top", "Which things are not covered"),
+              "serve": ("How could I serve",), "use": ("What can I use", "I want to", "Which things here", "If I need")}
+    assert set(starts) == set(QA_KINDS)
+    seen = set()
+    for scene in scenes:
+        for qa in scene.qa:
+            assert qa.question.startswith(starts[qa.kind]), (qa.kind, qa.question)
+            seen.add(qa.kind)
+    assert seen == set(QA_KINDS)
+
+
 def test_same_seed_same_bytes(tmp_path: Path):
     for name in ("a", "b"):
         write_split(tmp_path / name, "train", 3, seed=5, size=64)
@@ -85,4 +100,5 @@ def test_cli_writes_loadable_set(tmp_path: Path):
     train, val = load_split(tmp_path, "train"), load_split(tmp_path, "val")
     assert len(train.images) == 2 and len(val.images) == 1
     assert len(train.qa) >= 2 and len(train.categories) == len(CATEGORIES)
+    assert all(qa.kind in QA_KINDS for qa in train.qa + val.qa)  # written to the QA file and read back
     assert all(p.suffix == ".png" for p in (tmp_path / "images").iterdir())

@@ -206,6 +206,14 @@ def test_right_objects_named_split_by_how_many_objects_the_question_asks_for():
     assert named_by_object_count([]) == {}
 
 
+def test_right_objects_named_split_by_question_kind_when_the_data_records_it():
+    from training.evaluate import named_by_kind
+
+    split = named_by_kind([("use", True), ("in_front", False), ("use", False), (None, True), ("", False)])
+    assert split == {"in_front": {"answers": 1, "accuracy": 0.0}, "use": {"answers": 2, "accuracy": 0.5}}
+    assert named_by_kind([(None, True)]) == {}  # real AmodalReasonSeg entries have no kind: no split
+
+
 def test_answers_only_scores_a_language_models_own_answers(small_data):
     from types import SimpleNamespace
 
@@ -231,6 +239,12 @@ def test_answers_only_scores_a_language_models_own_answers(small_data):
     first = answers_only(Scripted(True), dataset, indices)
     assert first["objects_named_accuracy"] == pytest.approx(1 - sum(several) / len(several))
     assert first["objects_named_by_object_count"]["1"]["accuracy"] == 1.0 and first["segs_generated"] == len(dataset)
+    by_kind = first["objects_named_by_kind"]  # the synthetic set records each question's kind
+    for kind, split in by_kind.items():
+        asked = [len(qa.object_ids) == 1 for qa in dataset.data.qa if qa.kind == kind]
+        assert split == {"answers": len(asked), "accuracy": pytest.approx(sum(asked) / len(asked))}
+    assert sum(v["answers"] for v in by_kind.values()) == len(dataset)
+    assert "right objects named, by kind of question: " in format_answers_only(first, "script")
     assert "right objects named 100.00" in format_answers_only(perfect, "script")
 
 

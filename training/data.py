@@ -1,8 +1,9 @@
 """Where the training data comes from: a given AmodalReasonSeg directory, or the synthetic set, generated once and cached;
 and `ImageEmbeddingCache`, the frozen SAM encoder's output per training image, computed once per run.
 
-The synthetic set lives in $AURA_CACHE (default ~/.cache/aura_ros)/synthetic-<train>x<val>-seed<seed>-<size>px; it is
-written to a temporary folder and renamed when complete, so an interrupted generation is never mistaken for a set.
+The synthetic set lives in $AURA_CACHE (default ~/.cache/aura_ros)/synthetic-<train>x<val>-seed<seed>-<size>px-v<N>; it
+is written to a temporary folder and renamed when complete, so an interrupted generation is never mistaken for a set.
+N is SYNTHETIC_VERSION, raised whenever the generator writes something new, so an older cached set is not reused.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from training.config import SyntheticDataConfig
 
 LOG = logging.getLogger(__name__)
 
+SYNTHETIC_VERSION = 2  # 2: QA entries carry their question kind
+
 
 class DataDirError(ValueError):
     """A data directory that lacks the files of the AmodalReasonSeg format (docs/DATASET.md)."""
@@ -32,7 +35,7 @@ def cache_root(config: SyntheticDataConfig) -> Path:
 
 def synthetic_data_dir(config: SyntheticDataConfig) -> Path:
     """The cache folder of the synthetic set these settings describe."""
-    name = f"synthetic-{config.train_images}x{config.val_images}-seed{config.seed}-{config.image_size}px"
+    name = f"synthetic-{config.train_images}x{config.val_images}-seed{config.seed}-{config.image_size}px-v{SYNTHETIC_VERSION}"
     return cache_root(config) / name
 
 

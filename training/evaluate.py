@@ -133,7 +133,7 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
 
     was_training = model.training
     pipeline = AuraPipeline(model=model, mask_threshold=mask_threshold, max_new_tokens=max_new_tokens)  # sets eval()
-    scores, named, exact, examples, by_count = [], 0, 0, [], []
+    scores, named, exact, examples, by_count, by_kind = [], 0, 0, [], [], []
     try:
         for n, i in enumerate(indices):
             qa = dataset.data.qa[i]
@@ -145,6 +145,7 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
             right = score.n_pred == score.n_gt and objects_named([x.phrase for x in result.instances], _gt_phrases(dataset, qa))
             named += right
             by_count.append((score.n_gt, bool(right)))
+            by_kind.append((qa.kind, bool(right)))
             exact += normalise_phrase(result.answer) == normalise_phrase(qa.answer)
             if n < 3:
                 examples.append({"question": qa.question, "answer": qa.answer, "generated": result.answer,
@@ -155,7 +156,8 @@ def end_to_end(model: AuraModel, dataset: AmodalReasonSegDataset, indices: Seque
     report.update(summarise_samples(scores))
     total = max(len(indices), 1)
     report.update({"answers": len(indices), "objects_named_accuracy": named / total, "exact_answer_accuracy": exact / total,
-                   "objects_named_by_object_count": named_by_object_count(by_count), "examples": examples})
+                   "objects_named_by_object_count": named_by_object_count(by_count),
+                   "objects_named_by_kind": named_by_kind(by_kind), "examples": examples})
     return report
 
 
@@ -167,7 +169,7 @@ def answers_only(mllm, dataset: AmodalReasonSegDataset, indices: Sequence[int], 
     `mllm`: anything with `generate(image, question, max_new_tokens=...)` returning an `.answer` (MultiModalLLM)."""
     from aura_core.model.tokenizer import seg_phrases
 
-    named, seg_count, segs, objects, by_count, examples = 0, 0, 0, 0, [], []
+    named, seg_count, segs, objects, by_count, by_kind, examples = 0, 0, 0, 0, [], [], []
     for n, i in enumerate(indices):
         qa = dataset.data.qa[i]
         answer = mllm.generate(dataset._image(qa.image_id), qa.question, max_new_tokens=max_new_tokens).answer
@@ -177,11 +179,13 @@ def answers_only(mllm, dataset: AmodalReasonSegDataset, indices: Sequence[int], 
         seg_count += len(predicted) == len(gt)
         segs, objects = segs + len(predicted), objects + len(gt)
         by_count.append((len(gt), bool(right)))
+        by_kind.append((qa.kind, bool(right)))
         if n < 3:
             examples.append({"question": qa.question, "answer": qa.answer, "generated": answer})
     total = max(len(indices), 1)
     return {"answers": len(indices), "objects": objects, "segs_generated": segs, "objects_named_accuracy": named / total,
             "seg_count_accuracy": seg_count / total, "objects_named_by_object_count": named_by_object_count(by_count),
+            "objects_named_by_kind": named_by_kind(by_kind),
             "examples": examples}
 
 
@@ -192,11 +196,12 @@ def format_answers_only(report: Dict[str, Any], name: str) -> str:
         f"{report['segs_generated']} [SEG]s generated",
         f"right objects named {_pct(report['objects_named_accuracy'])}, right [SEG] count {_pct(report['seg_count_accuracy'])}",
         _named_split_line(report["objects_named_by_object_count"]),
+        *([_named_split_line(report["objects_named_by_kind"], "kind of question")] if report["objects_named_by_kind"] else []),
     ])
 
 
-def _named_split_line(split: Dict[str, Dict[str, Any]]) -> str:
-    return "right objects named, by objects asked for: " + ", ".join(
+def _named_split_line(split: Dict[str, Dict[str, Any]], by: str = "objects asked for") -> str:
+    return f"right objects named, by {by}: " + ", ".join(
         f"{k}: {_pct(v['accuracy'])} of {v['answers']}" for k, v in split.items())
 
 
@@ -207,6 +212,20 @@ def named_by_object_count(answers: Sequence[tuple]) -> Dict[str, Dict[str, Any]]
     groups: Dict[str, List[bool]] = {}
     for n_gt, right in answers:
         groups.setdefault(str(n_gt) if n_gt < 3 else "3+", []).append(bool(right))
+    return _accuracy_by(groups)
+
+
+def named_by_kind(answers: Sequence[tuple]) -> Dict[str, Dict[str, Any]]:
+    """Right objects named, split by what the question asks (its QA entry's `kind`: "use", "in_front", ...): (kind,
+    right) pairs in; entries without a kind (real AmodalReasonSeg data) are left out, so such a set gives {}."""
+    groups: Dict[str, List[bool]] = {}
+    for kind, right in answers:
+        if kind:
+            groups.setdefault(str(kind), []).append(bool(right))
+    return _accuracy_by(groups)
+
+
+def _accuracy_by(groups: Dict[str, List[bool]]) -> Dict[str, Dict[str, Any]]:
     return {k: {"answers": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
@@ -285,6 +304,8 @@ def format_table(report: Dict[str, Any], name: str = "AURA (this model)") -> str
         split = e2e.get("objects_named_by_object_count") or {}
         if split:
             lines += ["", _named_split_line(split)]
+        if e2e.get("objects_named_by_kind"):
+            lines += ["", _named_split_line(e2e["objects_named_by_kind"], "kind of question")]
     lines += ["", GIOU_NOTE]
     return "\n".join(lines)
 

@@ -118,7 +118,8 @@ def write_cocoa_cls(raw: Path, count: int, seed: int, *, style: str, size: int =
             annotations.append(ann)
         for q in scene.qa:
             qa.append({"id": len(qa) + 1, "file_name": file_name, "question": q.question, "answer": q.answer,
-                       "object_ids": [ids[t] for t in q.targets], "phrases": list(q.phrases)})
+                       "object_ids": [ids[t] for t in q.targets], "phrases": list(q.phrases),
+                       "kind": q.kind})
     info = {"description": f"AURA synthetic scenes, {style} style, seed {seed}, split {split} (COCOA-cls layout)",
             "version": "1.0", "year": 2026}
     payload = {"info": info, "licenses": [{"id": 1, "name": "synthetic", "url": ""}], "images": images,

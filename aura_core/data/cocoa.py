@@ -114,7 +114,8 @@ def _read_qa(path: Path, file_to_id: Dict[str, int]) -> List[Dict[str, Any]]:
         if n_seg != len(e["object_ids"]):
             raise DatasetError(f"{where}: answer has {n_seg} [SEG] but object_ids lists {len(e['object_ids'])}")
         out.append({"where": where, "image_id": image_id, "question": str(e["question"]), "answer": str(e["answer"]),
-                    "object_ids": [int(o) for o in e["object_ids"]], "phrases": e.get("phrases")})
+                    "object_ids": [int(o) for o in e["object_ids"]], "phrases": e.get("phrases"),
+                    "kind": e.get("kind")})
     return out
 
 
@@ -175,7 +176,8 @@ def convert(annotations: Path, images: Path, out: Path, *, qa: Optional[Path] = 
                     raise err
                 LOG.warning("skipping: %s", err)
                 continue
-            writer.add_qa(image_id=e["image_id"], question=e["question"], answer=e["answer"], object_ids=e["object_ids"], phrases=e["phrases"])
+            writer.add_qa(image_id=e["image_id"], question=e["question"], answer=e["answer"], object_ids=e["object_ids"], phrases=e["phrases"],
+                          kind=e["kind"])
     writer.close(write_qa=qa is not None)
     load_split(out, split, check_images=False)  # the result must load like any other set
     return schema

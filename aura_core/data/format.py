@@ -134,6 +134,7 @@ class QARecord:
     answer: str
     object_ids: List[int]
     phrases: Optional[List[str]] = None
+    kind: Optional[str] = None  # what the question asks (synthetic sets: aura_core.data.synthetic.QA_KINDS)
 
 
 @dataclass
@@ -253,7 +254,8 @@ class SplitWriter:
         self._annotations.append(entry)
         return object_id
 
-    def add_qa(self, *, image_id: int, question: str, answer: str, object_ids: Sequence[int], phrases: Optional[Sequence[str]] = None) -> int:
+    def add_qa(self, *, image_id: int, question: str, answer: str, object_ids: Sequence[int], phrases: Optional[Sequence[str]] = None,
+               kind: Optional[str] = None) -> int:
         entry: Dict[str, Any] = {
             "id": len(self._qa) + 1,
             "image_id": int(image_id),
@@ -263,6 +265,8 @@ class SplitWriter:
         }
         if phrases is not None:
             entry["phrases"] = list(phrases)
+        if kind:
+            entry["kind"] = str(kind)
         self._qa.append(entry)
         return entry["id"]
 
@@ -416,7 +420,8 @@ def load_split(root: PathLike, split: str, *, skip_invalid: bool = False, check_
             if phrases is not None and len(phrases) != len(object_ids):
                 raise DatasetError(f"{where}: {len(phrases)} phrases for {len(object_ids)} object ids")
             qa.append(QARecord(int(entry.get("id", i + 1)), image_id, str(entry["question"]), str(entry["answer"]), object_ids,
-                               None if phrases is None else [str(p) for p in phrases]))
+                               None if phrases is None else [str(p) for p in phrases],
+                               None if entry.get("kind") is None else str(entry["kind"])))
         except DatasetError as err:
             check.problem(err)
 

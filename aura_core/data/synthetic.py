@@ -67,6 +67,16 @@ USES: Dict[str, str] = {
     "kitchen": "set the table",
 }
 
+# What each question template asks (the `kind` of its QA entries), so a report can say which kind of question fails.
+QA_KINDS: Dict[str, str] = {
+    "use": "the things that serve a purpose",
+    "serve": "the fruit and the plate to serve it on",
+    "behind": "the things a named object partly hides",
+    "in_front": "the things that cover part of a named object",
+    "most_hidden": "the object hidden the most",
+    "on_top": "the things that cover something and nothing covers",
+}
+
 CATEGORIES: Tuple[Category, ...] = (
     Category(1, "knife", "silver", ((185, 188, 196), (110, 70, 40)), "knife", (0.13, 0.17), ("cut", "kitchen")),
     Category(2, "cup", "brown", ((140, 85, 45), (95, 55, 30)), "cup", (0.09, 0.12), ("drink", "kitchen")),
@@ -232,6 +242,7 @@ class SyntheticQA:
     answer: str  # one [SEG] after each target's name
     targets: List[int]  # indices into SyntheticScene.objects, in [SEG] order
     phrases: List[str]  # the words naming each target, e.g. "the knife"
+    kind: str = ""  # the template's kind, one of QA_KINDS
 
 
 @dataclass
@@ -507,9 +518,10 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
     occ = {i: _occluders(scene, i) for i in range(len(objs))}
     cands: List[SyntheticQA] = []
 
-    def add(question: str, targets: List[int], answer: str, phrases: List[str]) -> None:
+    def add(kind: str, question: str, targets: List[int], answer: str, phrases: List[str]) -> None:
         if 0 < len(targets) <= config.max_targets:
-            cands.append(SyntheticQA(question=question, answer=" ".join(answer.split()), targets=list(targets), phrases=phrases))
+            cands.append(SyntheticQA(question=question, answer=" ".join(answer.split()), targets=list(targets), phrases=phrases,
+                                     kind=kind))
 
     # Purpose / use: "what can I use to cut something?" -> every object with that use.
     uses = sorted({u for o in objs for u in CATEGORY_BY_NAME[o.name].uses})
@@ -520,7 +532,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
         q = [f"What can I use to {act}?", f"I want to {act}. What should I take?",
              f"Which things here could help me {act}?", f"If I need to {act}, what can I pick up?"][int(rng.integers(4))]
         lead = [f"You can use {named}.", f"Take {named}.", f"{named[0].upper()}{named[1:]} can help you {act}."][int(rng.integers(3))]
-        add(q, targets, f"{lead} {_elaboration(scene, targets, occ)}", phrases)
+        add("use", q, targets, f"{lead} {_elaboration(scene, targets, occ)}", phrases)
 
     # Relation to an occluder: "what is partly hidden behind the red plate?"
     for j in range(len(objs)):
@@ -533,7 +545,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
              f"Which things does the {_colour_name(scene, j)} cover?"][int(rng.integers(3))]
         ans = f"{named[0].upper()}{named[1:]} {verb} partly hidden behind the {objs[j].name}."
         more = _elaboration(scene, targets, occ, skip=j)
-        add(q, targets, f"{ans} {more}", phrases)
+        add("behind", q, targets, f"{ans} {more}", phrases)
 
     # What covers an object: "what is in front of the blue book?"
     for i in range(len(objs)):
@@ -543,7 +555,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
         phrases, named = _named(scene, targets)
         q = [f"What is covering part of the {_colour_name(scene, i)}?", f"What is in front of the {_colour_name(scene, i)}?"][int(rng.integers(2))]
         verb = "covers" if len(targets) == 1 else "cover"
-        add(q, targets, f"{named[0].upper()}{named[1:]} {verb} the {objs[i].name}, which is {_amount(objs[i].occlusion_rate)} hidden.", phrases)
+        add("in_front", q, targets, f"{named[0].upper()}{named[1:]} {verb} the {objs[i].name}, which is {_amount(objs[i].occlusion_rate)} hidden.", phrases)
 
     # The most hidden object.
     rates = [o.occlusion_rate for o in objs]
@@ -551,7 +563,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
     if rates[top] >= 0.2 and sorted(rates)[-2] < rates[top] - 0.05 and occ[top]:
         phrases, named = _named(scene, [top])
         q = ["Which object is hidden the most?", "What is the hardest thing to see here?"][int(rng.integers(2))]
-        add(q, [top], f"{named[0].upper()}{named[1:]} is the most hidden; it is {_amount(rates[top])} covered by the {objs[occ[top][0][0]].name}.", phrases)
+        add("most_hidden", q, [top], f"{named[0].upper()}{named[1:]} is the most hidden; it is {_amount(rates[top])} covered by the {objs[occ[top][0][0]].name}.", phrases)
 
     # What lies on top of the others.
     tops = [i for i in range(len(objs)) if rates[i] < 0.02 and any(any(k == i for k, _ in occ[t]) for t in range(i))]
@@ -559,7 +571,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
         phrases, named = _named(scene, tops)
         verb = "lies" if len(tops) == 1 else "lie"
         q = ["What is lying on top of the other things?", "Which things are not covered by anything but cover something?"][int(rng.integers(2))]
-        add(q, tops, f"{named[0].upper()}{named[1:]} {verb} on top and nothing covers it.", phrases)
+        add("on_top", q, tops, f"{named[0].upper()}{named[1:]} {verb} on top and nothing covers it.", phrases)
 
     # Combined use: "how could I serve some fruit?" -> the plate and the fruit.
     plate = [i for i, o in enumerate(objs) if "serve" in CATEGORY_BY_NAME[o.name].uses]
@@ -569,7 +581,7 @@ def make_qa(rng: np.random.Generator, scene: SyntheticScene, config: SceneConfig
         phrases, _ = _named(scene, targets)
         fruit_named = _join([f"{p} {SEG_TOKEN}" for p in phrases[:-1]])
         ans = f"Put {fruit_named} on {phrases[-1]} {SEG_TOKEN}. {_elaboration(scene, targets, occ)}"
-        add("How could I serve some fruit?", targets, ans, phrases)
+        add("serve", "How could I serve some fruit?", targets, ans, phrases)
 
     keep = rng.permutation(len(cands))[: int(rng.integers(config.min_qa, config.max_qa + 1))]
     seen, out = set(), []
@@ -607,7 +619,8 @@ def write_split(out: Path, split: str, count: int, seed: int, size: int = 256, c
         image_id = writer.add_image_array(f"{split}_{i:06d}.png", scene.image)
         ids = [writer.add_object(image_id=image_id, category_id=o.category_id, amodal=o.amodal, visible=o.visible) for o in scene.objects]
         for qa in scene.qa:
-            writer.add_qa(image_id=image_id, question=qa.question, answer=qa.answer, object_ids=[ids[t] for t in qa.targets], phrases=qa.phrases)
+            writer.add_qa(image_id=image_id, question=qa.question, answer=qa.answer, object_ids=[ids[t] for t in qa.targets], phrases=qa.phrases,
+                          kind=qa.kind)
     writer.close()
 
 
