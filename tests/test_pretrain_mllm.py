@@ -23,6 +23,7 @@ from training.pretrain_mllm import (
     RelationHead,
     build_pretext_model,
     image_tokens,
+    hidden_targets,
     patch_targets,
     pretext_losses,
     relation_targets,
@@ -73,6 +74,21 @@ def test_patch_targets_say_what_is_visible_and_what_lies_behind_in_each_patch():
     hidden = [o for o in scene.objects if o.occlusion_rate > 0.05]
     for obj in hidden:  # a hidden part: covered amodally, with another class visible there
         assert (amodal[:, obj.category_id - 1] > visible[:, obj.category_id]).any()
+    behind = hidden_targets(scene, 4)  # the hidden parts alone, class 0 where nothing is hidden
+    assert behind.shape == (16, 13) and np.allclose(behind.sum(1), 1.0)
+    for obj in scene.objects:  # (up to where two hidden parts overlap and share a pixel)
+        cell = (64 // 4) ** 2
+        assert behind[:, obj.category_id].sum() * cell == pytest.approx((obj.amodal & ~obj.visible).sum(), rel=0.1, abs=2)
+    assert hidden and behind[:, 1:].max() > 0
+
+
+def test_pretext_heads_of_an_earlier_stage_load_and_the_hidden_head_starts_fresh():
+    earlier = PatchHeads(128).state_dict()
+    heads = PatchHeads(128)
+    heads.load_earlier({k: v for k, v in earlier.items() if not k.startswith("hidden.")})
+    assert torch.equal(heads.visible.weight, earlier["visible.weight"])
+    with pytest.raises(SystemExit, match="do not fit"):
+        heads.load_earlier({"visible.weight": earlier["visible.weight"]})
 
 
 def test_pretext_stream_is_a_function_of_the_batch_index():
@@ -95,7 +111,7 @@ def test_every_llava_tensor_trains_and_the_loss_falls():
     image = np.zeros((64, 64, 3), np.uint8)
     assert image_tokens(mllm, mllm.encode([image], ["What is here?"])["pixel_values"]).shape == (1, 4, mllm.hidden_size)
     parts = pretext_losses(mllm, heads, batch)
-    assert set(parts) == {"text", "patch_visible", "patch_amodal"}
+    assert set(parts) == {"text", "patch_visible", "patch_amodal", "hidden"}
     optimizer = torch.optim.AdamW(list(mllm.parameters()) + list(heads.parameters()), lr=3e-3)
     losses = []
     for _ in range(8):

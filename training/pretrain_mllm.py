@@ -74,8 +74,8 @@ MANIFEST = "manifest.json"
 
 NUM_CATEGORIES = len(CATEGORIES)  # category ids 1..12; patch class 0 is the background
 # image, question, answer, phrases before each [SEG], patch targets: visible (N, 1 + C) area shares, amodal (N, C),
-# relation targets (C, 1 + 2C): see relation_targets
-Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray, np.ndarray]
+# relation targets (C, 1 + 2C): see relation_targets; hidden-part targets (N, 1 + C): see hidden_targets
+Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -92,6 +92,18 @@ def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndar
     vis = pool(visible).flatten(1).T.contiguous().numpy()  # (grid*grid, 1 + C)
     amo = pool(amodal).flatten(1).T.contiguous().numpy()  # (grid*grid, C)
     return vis / np.clip(vis.sum(1, keepdims=True), 1e-6, None), amo
+
+
+def hidden_targets(scene: SyntheticScene, grid: int) -> np.ndarray:
+    """(grid*grid, 1 + C) per patch: the share of its area where each category's hidden part lies (amodal, not visible;
+    class 0: no hidden part), i.e. what lies behind what is visible there, the one thing a patch does not show."""
+    size = scene.image.shape[0]
+    hidden = np.zeros((NUM_CATEGORIES + 1, size, size), np.float32)
+    for obj in scene.objects:
+        hidden[obj.category_id] = np.maximum(hidden[obj.category_id], obj.amodal & ~obj.visible)
+    hidden[0] = 1.0 - np.clip(hidden[1:].sum(0), 0, 1)
+    shares = F.adaptive_avg_pool2d(torch.from_numpy(hidden)[None], (grid, grid))[0].flatten(1).T.numpy()
+    return shares / np.clip(shares.sum(1, keepdims=True), 1e-6, None)
 
 
 def relation_targets(scene: SyntheticScene) -> np.ndarray:
@@ -127,8 +139,8 @@ def scene_samples(seed: int, index: int, size: int, describe_share: float, grid:
     if rng.random() < describe_share or not texts:
         texts.append(describe(scene, rng))
     vis, amo = patch_targets(scene, grid)
-    rel = relation_targets(scene)
-    return [(*text, vis, amo, rel) for text in texts]
+    rel, hid = relation_targets(scene), hidden_targets(scene, grid)
+    return [(*text, vis, amo, rel, hid) for text in texts]
 
 
 class PretextText(IterableDataset):
@@ -229,12 +241,20 @@ def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
 
 
 class PatchHeads(nn.Module):
-    """Pretext-only heads on the image tokens the language model reads: visible category (1 + C) and amodal (C)."""
+    """Pretext-only heads on the image tokens the language model reads: visible category (1 + C), amodal (C) and
+    hidden category (1 + C)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.visible = nn.Linear(hidden_size, NUM_CATEGORIES + 1)
         self.amodal = nn.Linear(hidden_size, NUM_CATEGORIES)
+        self.hidden = nn.Linear(hidden_size, NUM_CATEGORIES + 1)
+
+    def load_earlier(self, state: Dict[str, torch.Tensor]) -> None:
+        """Load heads saved before the hidden head existed (it then starts fresh)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("hidden.") for k in missing):
+            raise SystemExit(f"pretext heads do not fit: unexpected {unexpected}, missing {missing}")
 
 
 class RelationHead(nn.Module):
@@ -311,6 +331,8 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
         amo = torch.from_numpy(np.stack([s[5] for s in samples]))
         losses["patch_visible"] = -(vis * F.log_softmax(heads.visible(tokens), -1)).sum(-1).mean()
         losses["patch_amodal"] = F.binary_cross_entropy_with_logits(heads.amodal(tokens), amo)
+        hid = torch.from_numpy(np.stack([s[7] for s in samples]))
+        losses["hidden"] = -(hid * F.log_softmax(heads.hidden(tokens), -1)).sum(-1).mean()
     return losses
 
 
@@ -319,11 +341,12 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
              heads: Optional[PatchHeads] = None, relation: Optional[RelationHead] = None) -> Dict[str, float]:
     """Held-out text loss and token accuracy (teacher-forced), and on the first `generate` samples the share of
     greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count;
-    with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
+    with heads, the visible category read right on clear patches and the hidden category on patches a hidden part
+    mostly fills; with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
     was_training = mllm.training
     mllm.eval()
     losses, correct, total = [], 0, 0
-    patch_right = patch_total = relation_right = relation_total = 0
+    patch_right = patch_total = hidden_right = hidden_total = relation_right = relation_total = 0
     for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
         images, questions, answers = zip(*[s[:3] for s in chunk])
@@ -345,9 +368,14 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         if heads is not None:  # visible category of each patch where one class covers most of it
             vis = torch.from_numpy(np.stack([s[4] for s in chunk]))
             clear = vis.max(-1).values >= 0.5
-            guess = heads.visible(image_tokens(mllm, inputs["pixel_values"])).argmax(-1)
+            tokens = image_tokens(mllm, inputs["pixel_values"])
+            guess = heads.visible(tokens).argmax(-1)
             patch_right += int((guess == vis.argmax(-1))[clear].sum())
             patch_total += int(clear.sum())
+            hid = torch.from_numpy(np.stack([s[7] for s in chunk]))
+            behind = hid[..., 1:].max(-1).values >= 0.3
+            hidden_right += int((heads.hidden(tokens)[..., 1:].argmax(-1) == hid[..., 1:].argmax(-1))[behind].sum())
+            hidden_total += int(behind.sum())
     named = seg_count = 0
     for image, question, _, phrases, *_ in samples[:generate]:
         answer = mllm.generate(image, question, max_new_tokens=64).answer
@@ -359,6 +387,7 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
               "right_objects_named": named / max(generate, 1), "right_seg_count": seg_count / max(generate, 1)}
     if heads is not None:
         report["patch_visible_accuracy"] = patch_right / max(patch_total, 1)
+        report["patch_hidden_accuracy"] = hidden_right / max(hidden_total, 1)
     if relation is not None:
         report["relation_exact"] = relation_right / max(relation_total, 1)
     return report
@@ -413,6 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--describe-share", type=float, default=0.5, help="share of scenes that add a description")
     parser.add_argument("--patch-weight", type=float, default=1.0,
                         help="weight of the two patch pretext losses on the image tokens (0: text only)")
+    parser.add_argument("--hidden-weight", type=float, default=0.0,
+                        help="weight of the hidden-part pretext on the image tokens: which category lies hidden in "
+                             "each patch (0: none; needs --patch-weight > 0)")
     parser.add_argument("--relation-weight", type=float, default=0.0,
                         help="weight of the relation pretext at each object name: what covers it and what it covers, "
                              "read off the language model after --relation-layer layers (0: none)")
@@ -457,7 +489,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"{state_file}: made with other sizes or another --steps; use another --work-dir")
         mllm.load_state_dict(state["model"])
         if heads is not None:
-            heads.load_state_dict(state["heads"])
+            heads.load_earlier(state["heads"])
         if relation is not None:
             relation.load_state_dict(state["relation"])
         optimizer.load_state_dict(state["optimizer"])
@@ -468,7 +500,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         regrid = fit_image_grid(mllm, init["model"])
         grown = load_growing_depth(mllm, init["model"])
         if heads is not None and init.get("heads"):
-            heads.load_state_dict(init["heads"])
+            heads.load_earlier(init["heads"])
         if relation is not None and init.get("relation"):
             relation.load_state_dict(init["relation"])
         history = list(init.get("history", []))  # the earlier stages' record travels with the weights
@@ -502,7 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "language_layers": config.num_layers,
             "steps_done": step, "steps_schedule": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
-            "patch_weight": args.patch_weight, "relation_weight": args.relation_weight,
+            "patch_weight": args.patch_weight, "hidden_weight": args.hidden_weight,
+            "relation_weight": args.relation_weight,
             "relation_layer": args.relation_layer if relation is not None else None, "init": str(args.init) if args.init else None,
             "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
             "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
@@ -520,7 +553,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             group["lr"] = lr
         parts = pretext_losses(mllm, heads, batch, relation)
         loss = (parts["text"] + args.patch_weight * sum(v for k, v in parts.items() if k.startswith("patch_"))
-                + args.relation_weight * parts.get("relation", 0.0))
+                + args.hidden_weight * parts.get("hidden", 0.0) + args.relation_weight * parts.get("relation", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
