@@ -22,6 +22,8 @@ names among them (the relational answers stayed near 50 % through more depth and
 --relation-weight, a third pretext head binds names to objects: at every object name in the question or answer, the
 language model's state after --relation-layer layers (below the last, where the answer-writing layers can read it)
 predicts which categories cover part of that object and which it covers (BCE, as the answers count a cover).
+With --hidden-weight, a fourth head on the image tokens says which category lies hidden in each patch (soft
+cross-entropy against the hidden parts' area shares), the one thing a patch does not show and a relation needs.
 
 The result is an HF-format llava directory (fp16 `model.safetensors`, `config.json`, tokenizer, image processor) plus
 `manifest.json` (how it was made, held-out figures) that `MLLMConfig.pretrained_path` loads like any llava-hf model.
