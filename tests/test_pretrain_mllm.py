@@ -83,10 +83,14 @@ def test_patch_targets_say_what_is_visible_and_what_lies_behind_in_each_patch():
 
 
 def test_pretext_heads_of_an_earlier_stage_load_and_the_hidden_head_starts_fresh():
-    earlier = PatchHeads(128).state_dict()
-    heads = PatchHeads(128)
-    heads.load_earlier({k: v for k, v in earlier.items() if not k.startswith("hidden.")})
+    earlier, later = PatchHeads(128).state_dict(), PatchHeads(128, hidden=True).state_dict()
+    assert not any(k.startswith("hidden.") for k in earlier)
+    heads = PatchHeads(128, hidden=True)
+    heads.load_earlier(earlier)  # a stage before the hidden head: it starts fresh
     assert torch.equal(heads.visible.weight, earlier["visible.weight"])
+    plain = PatchHeads(128)
+    plain.load_earlier(later)  # a stage after it, continued without: the hidden head is left out
+    assert torch.equal(plain.amodal.weight, later["amodal.weight"]) and plain.hidden is None
     with pytest.raises(SystemExit, match="do not fit"):
         heads.load_earlier({"visible.weight": earlier["visible.weight"]})
 
@@ -104,7 +108,7 @@ def test_pretext_stream_is_a_function_of_the_batch_index():
 def test_every_llava_tensor_trains_and_the_loss_falls():
     torch.manual_seed(0)
     mllm = build_pretext_model(mllm_config("tiny", 32, None))
-    heads = PatchHeads(mllm.hidden_size)
+    heads = PatchHeads(mllm.hidden_size, hidden=True)
     assert all(p.requires_grad for p in mllm.parameters())
     assert mllm.image_seq_length == (32 // 16) ** 2
     batch = PretextText(seed=0, size=64, batch_size=2, describe_share=1.0, grid=2).batch(0)
@@ -273,13 +277,14 @@ def test_relation_head_reads_each_name_after_its_layer(tmp_path):
     assert layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
     assert layers[1].mlp.down_proj.weight.grad is None or not layers[1].mlp.down_proj.weight.grad.any()
     # Through the script: the head trains, resumes from its state, and reports how many names it reads right.
-    args = SMALL + ["--steps", "2", "--eval-every", "1", "--relation-weight", "1", "--work-dir", str(tmp_path / "r"),
-                    "--out", str(tmp_path / "a")]
+    args = SMALL + ["--steps", "2", "--eval-every", "1", "--relation-weight", "1", "--hidden-weight", "1",
+                    "--work-dir", str(tmp_path / "r"), "--out", str(tmp_path / "a")]
     main(args + ["--stop-at", "1"])
     main(args)
     manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
     assert manifest["relation_weight"] == 1 and manifest["relation_layer"] == 1 and manifest["steps_done"] == 2
-    assert 0 <= manifest["held_out"]["relation_exact"] <= 1
+    assert 0 <= manifest["held_out"]["relation_exact"] <= 1 and 0 <= manifest["held_out"]["patch_hidden_accuracy"] <= 1
+    assert manifest["hidden_weight"] == 1
     assert torch.load(tmp_path / "r" / "state.pt", weights_only=False)["relation"]["linear.weight"].shape == (24, 128)
     with pytest.raises(SystemExit, match="--relation-layer 3"):
         main(SMALL + ["--steps", "1", "--relation-weight", "1", "--relation-layer", "3", "--work-dir",

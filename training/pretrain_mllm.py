@@ -243,17 +243,20 @@ def build_pretext_model(config: MLLMConfig) -> MultiModalLLM:
 
 
 class PatchHeads(nn.Module):
-    """Pretext-only heads on the image tokens the language model reads: visible category (1 + C), amodal (C) and
-    hidden category (1 + C)."""
+    """Pretext-only heads on the image tokens the language model reads: visible category (1 + C), amodal (C) and,
+    with `hidden`, the hidden category (1 + C)."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, hidden: bool = False) -> None:
         super().__init__()
         self.visible = nn.Linear(hidden_size, NUM_CATEGORIES + 1)
         self.amodal = nn.Linear(hidden_size, NUM_CATEGORIES)
-        self.hidden = nn.Linear(hidden_size, NUM_CATEGORIES + 1)
+        self.hidden = nn.Linear(hidden_size, NUM_CATEGORIES + 1) if hidden else None
 
     def load_earlier(self, state: Dict[str, torch.Tensor]) -> None:
-        """Load heads saved before the hidden head existed (it then starts fresh)."""
+        """Load the heads of another run: a hidden head it lacks starts fresh, one it has and this run does not train is
+        left out."""
+        if self.hidden is None:
+            state = {k: v for k, v in state.items() if not k.startswith("hidden.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("hidden.") for k in missing):
             raise SystemExit(f"pretext heads do not fit: unexpected {unexpected}, missing {missing}")
@@ -333,8 +336,9 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
         amo = torch.from_numpy(np.stack([s[5] for s in samples]))
         losses["patch_visible"] = -(vis * F.log_softmax(heads.visible(tokens), -1)).sum(-1).mean()
         losses["patch_amodal"] = F.binary_cross_entropy_with_logits(heads.amodal(tokens), amo)
-        hid = torch.from_numpy(np.stack([s[7] for s in samples]))
-        losses["hidden"] = -(hid * F.log_softmax(heads.hidden(tokens), -1)).sum(-1).mean()
+        if heads.hidden is not None:
+            hid = torch.from_numpy(np.stack([s[7] for s in samples]))
+            losses["hidden"] = -(hid * F.log_softmax(heads.hidden(tokens), -1)).sum(-1).mean()
     return losses
 
 
@@ -343,8 +347,8 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
              heads: Optional[PatchHeads] = None, relation: Optional[RelationHead] = None) -> Dict[str, float]:
     """Held-out text loss and token accuracy (teacher-forced), and on the first `generate` samples the share of
     greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count;
-    with heads, the visible category read right on clear patches and the hidden category on patches a hidden part
-    mostly fills; with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
+    with heads, the visible category read right on clear patches (and with a hidden head, the hidden category on
+    patches a hidden part mostly fills); with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
     was_training = mllm.training
     mllm.eval()
     losses, correct, total = [], 0, 0
@@ -374,10 +378,12 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
             guess = heads.visible(tokens).argmax(-1)
             patch_right += int((guess == vis.argmax(-1))[clear].sum())
             patch_total += int(clear.sum())
-            hid = torch.from_numpy(np.stack([s[7] for s in chunk]))
-            behind = hid[..., 1:].max(-1).values >= 0.3
-            hidden_right += int((heads.hidden(tokens)[..., 1:].argmax(-1) == hid[..., 1:].argmax(-1))[behind].sum())
-            hidden_total += int(behind.sum())
+            if heads.hidden is not None:
+                hid = torch.from_numpy(np.stack([s[7] for s in chunk]))
+                behind = hid[..., 1:].max(-1).values >= 0.3
+                guess = heads.hidden(tokens)[..., 1:].argmax(-1)
+                hidden_right += int((guess == hid[..., 1:].argmax(-1))[behind].sum())
+                hidden_total += int(behind.sum())
     named = seg_count = 0
     for image, question, _, phrases, *_ in samples[:generate]:
         answer = mllm.generate(image, question, max_new_tokens=64).answer
@@ -389,7 +395,8 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
               "right_objects_named": named / max(generate, 1), "right_seg_count": seg_count / max(generate, 1)}
     if heads is not None:
         report["patch_visible_accuracy"] = patch_right / max(patch_total, 1)
-        report["patch_hidden_accuracy"] = hidden_right / max(hidden_total, 1)
+        if heads.hidden is not None:
+            report["patch_hidden_accuracy"] = hidden_right / max(hidden_total, 1)
     if relation is not None:
         report["relation_exact"] = relation_right / max(relation_total, 1)
     return report
@@ -471,7 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(args.seed)
     config = mllm_config(args.model, args.image_size, args.vision_layers, args.language_layers)
     mllm = build_pretext_model(config)
-    heads = PatchHeads(mllm.hidden_size) if args.patch_weight > 0 else None
+    if args.hidden_weight > 0 and args.patch_weight <= 0:
+        raise SystemExit("--hidden-weight needs the patch heads: --patch-weight > 0")
+    heads = PatchHeads(mllm.hidden_size, hidden=args.hidden_weight > 0) if args.patch_weight > 0 else None
     relation = RelationHead(mllm.hidden_size, args.relation_layer) if args.relation_weight > 0 else None
     if relation is not None:
         _LayerOutput(mllm, args.relation_layer).handle.remove()  # a bad --relation-layer fails here, not at step 1
