@@ -122,6 +122,7 @@ def test_cocoa_set_is_cocoa_cls_and_converts_to_the_same_scenes(eval_splits: Pat
     heldout, cocoa = load_split(eval_splits / "heldout_seed", "test"), load_split(eval_splits / "cocoa_dusk", "test")
     assert [q.question for q in cocoa.qa] == [q.question for q in heldout.qa]
     assert [q.answer for q in cocoa.qa] == [q.answer for q in heldout.qa]
+    assert [q.kind for q in cocoa.qa] == [q.kind for q in heldout.qa] and all(q.kind for q in cocoa.qa)  # kept by the converter
     for qc, qh in zip(cocoa.qa, heldout.qa):
         for oc, oh in zip(qc.object_ids, qh.object_ids):
             (vc, ac), (vh, ah) = cocoa.masks(oc), heldout.masks(oh)
