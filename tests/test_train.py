@@ -194,6 +194,8 @@ def test_evaluation_report_format(small_data, tmp_path):
     assert "End to end" in table and "object recall" in table and "right objects named" in table
     split = e2e["objects_named_by_object_count"]
     assert sum(v["answers"] for v in split.values()) == 2 and "right objects named, by objects asked for: " in table
+    kinds = e2e["objects_named_by_kind"]  # the synthetic set records each question's kind
+    assert sum(v["answers"] for v in kinds.values()) == 2 and "right objects named, by kind of question: " in table
     assert evaluate(model, dataset, max_samples=1, end_to_end_samples=None)["end_to_end"] is None
 
 
