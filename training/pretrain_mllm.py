@@ -80,32 +80,38 @@ NUM_CATEGORIES = len(CATEGORIES)  # category ids 1..12; patch class 0 is the bac
 Sample = Tuple[np.ndarray, str, str, List[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+def _category_masks(scene: SyntheticScene, part) -> np.ndarray:
+    """(C, H, W): per category, the union of `part(obj)` (a bool mask) over its objects."""
+    size = scene.image.shape[0]
+    masks = np.zeros((NUM_CATEGORIES, size, size), np.float32)
+    for obj in scene.objects:
+        masks[obj.category_id - 1] = np.maximum(masks[obj.category_id - 1], part(obj))
+    return masks
+
+
+def _patch_shares(masks: np.ndarray, grid: int) -> np.ndarray:
+    """(grid*grid, K): each of K masks' area share in each patch of a grid x grid tiling (row-major, as the tokens)."""
+    return F.adaptive_avg_pool2d(torch.from_numpy(masks)[None], (grid, grid))[0].flatten(1).T.contiguous().numpy()
+
+
+def _class_shares(masks: np.ndarray, grid: int) -> np.ndarray:
+    """(grid*grid, 1 + C): per patch, each category's share of the masked area, class 0 the area none of them covers,
+    normalised to sum to 1 where masks overlap."""
+    shares = _patch_shares(np.concatenate([1.0 - np.clip(masks.sum(0, keepdims=True), 0, 1), masks]), grid)
+    return shares / np.clip(shares.sum(1, keepdims=True), 1e-6, None)
+
+
 def patch_targets(scene: SyntheticScene, grid: int) -> Tuple[np.ndarray, np.ndarray]:
     """Per patch of a grid x grid tiling (row-major, as the CLIP tower's tokens): the share of its area where each
     category (or the background, class 0) is the visible one, and the share each category's amodal mask covers."""
-    size = scene.image.shape[0]
-    visible = np.zeros((NUM_CATEGORIES + 1, size, size), np.float32)
-    amodal = np.zeros((NUM_CATEGORIES, size, size), np.float32)
-    for obj in scene.objects:
-        visible[obj.category_id] = np.maximum(visible[obj.category_id], obj.visible)
-        amodal[obj.category_id - 1] = np.maximum(amodal[obj.category_id - 1], obj.amodal)
-    visible[0] = 1.0 - np.clip(visible[1:].sum(0), 0, 1)
-    pool = lambda m: F.adaptive_avg_pool2d(torch.from_numpy(m)[None], (grid, grid))[0]  # noqa: E731
-    vis = pool(visible).flatten(1).T.contiguous().numpy()  # (grid*grid, 1 + C)
-    amo = pool(amodal).flatten(1).T.contiguous().numpy()  # (grid*grid, C)
-    return vis / np.clip(vis.sum(1, keepdims=True), 1e-6, None), amo
+    visible = _class_shares(_category_masks(scene, lambda o: o.visible), grid)  # (grid*grid, 1 + C)
+    return visible, _patch_shares(_category_masks(scene, lambda o: o.amodal), grid)  # amodal: (grid*grid, C)
 
 
 def hidden_targets(scene: SyntheticScene, grid: int) -> np.ndarray:
     """(grid*grid, 1 + C) per patch: the share of its area where each category's hidden part lies (amodal, not visible;
     class 0: no hidden part), i.e. what lies behind what is visible there, the one thing a patch does not show."""
-    size = scene.image.shape[0]
-    hidden = np.zeros((NUM_CATEGORIES + 1, size, size), np.float32)
-    for obj in scene.objects:
-        hidden[obj.category_id] = np.maximum(hidden[obj.category_id], obj.amodal & ~obj.visible)
-    hidden[0] = 1.0 - np.clip(hidden[1:].sum(0), 0, 1)
-    shares = F.adaptive_avg_pool2d(torch.from_numpy(hidden)[None], (grid, grid))[0].flatten(1).T.numpy()
-    return shares / np.clip(shares.sum(1, keepdims=True), 1e-6, None)
+    return _class_shares(_category_masks(scene, lambda o: o.amodal & ~o.visible), grid)
 
 
 def relation_targets(scene: SyntheticScene) -> np.ndarray:
