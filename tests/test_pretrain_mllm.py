@@ -21,6 +21,7 @@ from training.pretrain_mllm import (
     PatchHeads,
     PretextText,
     RelationHead,
+    _keeping,
     build_pretext_model,
     image_tokens,
     hidden_targets,
@@ -114,6 +115,10 @@ def test_every_llava_tensor_trains_and_the_loss_falls():
     batch = PretextText(seed=0, size=64, batch_size=2, describe_share=1.0, grid=2).batch(0)
     image = np.zeros((64, 64, 3), np.uint8)
     assert image_tokens(mllm, mllm.encode([image], ["What is here?"])["pixel_values"]).shape == (1, 4, mllm.hidden_size)
+    inputs = mllm.encode([s[0] for s in batch], [s[1] for s in batch], [s[2] for s in batch])
+    with _keeping(mllm, tokens=True, layer=None) as kept:  # the patch heads read the tokens of the LLaVA pass itself
+        mllm(inputs)
+    assert torch.equal(kept["tokens"], image_tokens(mllm, inputs["pixel_values"]))
     parts = pretext_losses(mllm, heads, batch)
     assert set(parts) == {"text", "patch_visible", "patch_amodal", "hidden"}
     optimizer = torch.optim.AdamW(list(mllm.parameters()) + list(heads.parameters()), lr=3e-3)

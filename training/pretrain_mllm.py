@@ -290,24 +290,33 @@ class RelationHead(nn.Module):
         return where, per_token[where][:, 1:]
 
 
-class _LayerOutput:
-    """Keeps the residual stream after one language-model layer during a forward pass."""
+def language_layer(mllm: MultiModalLLM, layer: int) -> nn.Module:
+    """Decoder layer `layer` (1-based) of the language model, whose output the relation head reads."""
+    layers = mllm.core.model.language_model.layers
+    if not 1 <= layer <= len(layers):
+        raise SystemExit(f"--relation-layer {layer}: the language model has layers 1..{len(layers)}")
+    return layers[layer - 1]
 
-    def __init__(self, mllm: MultiModalLLM, layer: int) -> None:
-        layers = mllm.core.model.language_model.layers
-        if not 1 <= layer <= len(layers):
-            raise SystemExit(f"--relation-layer {layer}: the language model has layers 1..{len(layers)}")
-        self.value: Optional[torch.Tensor] = None
-        self.handle = layers[layer - 1].register_forward_hook(self._keep)
 
-    def _keep(self, module: nn.Module, args: tuple, output: object) -> None:
-        self.value = output[0] if isinstance(output, tuple) else output
+@contextlib.contextmanager
+def _keeping(mllm: MultiModalLLM, *, tokens: bool, layer: Optional[int]) -> Iterator[Dict[str, torch.Tensor]]:
+    """During the forward passes inside, keep the projected image tokens (what `image_tokens` computes, taken from the
+    pass itself instead of running the tower twice) as "tokens" and the residual stream after `layer` as "layer"."""
+    kept: Dict[str, torch.Tensor] = {}
 
-    def __enter__(self) -> "_LayerOutput":
-        return self
+    def keep(name: str):
+        return lambda module, args, out: kept.__setitem__(name, out[0] if isinstance(out, tuple) else out)
 
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
+    hooks = []
+    if tokens:
+        hooks.append(mllm.core.model.multi_modal_projector.register_forward_hook(keep("tokens")))
+    if layer is not None:
+        hooks.append(language_layer(mllm, layer).register_forward_hook(keep("layer")))
+    try:
+        yield kept
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def image_tokens(mllm: MultiModalLLM, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -328,16 +337,14 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
     relation (BCE at the object names)."""
     images, questions, answers = zip(*[s[:3] for s in samples])
     inputs = mllm.encode(list(images), list(questions), list(answers))
-    if relation is None:
+    with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None) as kept:
         losses = {"text": mllm(inputs).text_loss}
-    else:
-        with _LayerOutput(mllm, relation.layer) as kept:
-            losses = {"text": mllm(inputs).text_loss}
+    if relation is not None:
         where, target = relation.targets(mllm, inputs["input_ids"], samples)
         if bool(where.any()):
-            losses["relation"] = F.binary_cross_entropy_with_logits(relation.linear(kept.value[where]), target)
+            losses["relation"] = F.binary_cross_entropy_with_logits(relation.linear(kept["layer"][where]), target)
     if heads is not None:
-        tokens = image_tokens(mllm, inputs["pixel_values"])
+        tokens = kept["tokens"]
         vis = torch.from_numpy(np.stack([s[4] for s in samples]))
         amo = torch.from_numpy(np.stack([s[5] for s in samples]))
         losses["patch_visible"] = -(vis * F.log_softmax(heads.visible(tokens), -1)).sum(-1).mean()
@@ -363,12 +370,12 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         chunk = samples[start : start + 16]
         images, questions, answers = zip(*[s[:3] for s in chunk])
         inputs = mllm.encode(list(images), list(questions), list(answers))
-        with _LayerOutput(mllm, relation.layer) if relation is not None else contextlib.nullcontext() as kept:
+        with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None) as kept:
             hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                                      attention_mask=inputs["attention_mask"])
         if relation is not None:
             where, target = relation.targets(mllm, inputs["input_ids"], chunk)
-            guess = relation.linear(kept.value[where]) > 0
+            guess = relation.linear(kept["layer"][where]) > 0
             relation_right += int((guess == (target > 0.5)).all(-1).sum())
             relation_total += int(where.sum())
         targets = inputs["labels"][:, 1:]
@@ -380,7 +387,7 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         if heads is not None:  # visible category of each patch where one class covers most of it
             vis = torch.from_numpy(np.stack([s[4] for s in chunk]))
             clear = vis.max(-1).values >= 0.5
-            tokens = image_tokens(mllm, inputs["pixel_values"])
+            tokens = kept["tokens"]
             guess = heads.visible(tokens).argmax(-1)
             patch_right += int((guess == vis.argmax(-1))[clear].sum())
             patch_total += int(clear.sum())
@@ -489,7 +496,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     heads = PatchHeads(mllm.hidden_size, hidden=args.hidden_weight > 0) if args.patch_weight > 0 else None
     relation = RelationHead(mllm.hidden_size, args.relation_layer) if args.relation_weight > 0 else None
     if relation is not None:
-        _LayerOutput(mllm, args.relation_layer).handle.remove()  # a bad --relation-layer fails here, not at step 1
+        language_layer(mllm, args.relation_layer)  # a bad --relation-layer fails here, not at step 1
     grid = config.vision_image_size // config.vision_patch_size
     params = [p for p in mllm.parameters() if p.requires_grad]
     params += [p for m in (heads, relation) if m is not None for p in m.parameters()]
