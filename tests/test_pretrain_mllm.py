@@ -18,6 +18,7 @@ from aura_core.model.mllm import MultiModalLLM
 from aura_core.model.tokenizer import default_word_tokenizer, seg_phrases
 from training.pretrain_mllm import (
     MANIFEST,
+    Grounding,
     PatchHeads,
     PretextText,
     RelationHead,
@@ -294,3 +295,50 @@ def test_relation_head_reads_each_name_after_its_layer(tmp_path):
     with pytest.raises(SystemExit, match="--relation-layer 3"):
         main(SMALL + ["--steps", "1", "--relation-weight", "1", "--relation-layer", "3", "--work-dir",
                       str(tmp_path / "bad"), "--out", str(tmp_path / "b")])
+
+
+def test_grounding_teaches_one_head_to_look_from_each_name_at_its_object(tmp_path):
+    torch.manual_seed(0)
+    mllm = build_pretext_model(mllm_config("tiny", 32, None))
+    mllm.core.set_attn_implementation("eager")
+    grounding = Grounding(layer=1, head=2)
+    batch = PretextText(seed=0, size=64, batch_size=3, describe_share=1.0, grid=2).batch(0)
+    inputs = mllm.encode([s[0] for s in batch], [s[1] for s in batch], [s[2] for s in batch])
+    ids = inputs["input_ids"]
+    image = ids == mllm.core.config.image_token_index
+    names = [mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES]
+    # An attention that, from every name, looks only at that object's patches scores the least the loss can be (the
+    # entropy of the target); a uniform look at the image scores more.
+    b_ids, t_ids = torch.nonzero(torch.isin(ids, torch.tensor(names)), as_tuple=True)
+    exact = torch.zeros(ids.shape[0], 4, ids.shape[1], ids.shape[1])
+    uniform = torch.zeros_like(exact)
+    for b, t in zip(b_ids.tolist(), t_ids.tolist()):
+        shares = torch.from_numpy(batch[b][5][:, names.index(int(ids[b, t]))])
+        cols = image[b].nonzero().flatten()
+        exact[b, 2, t, cols] = 0.5 * shares / shares.sum().clamp_min(1e-9)  # half on the image, half elsewhere
+        uniform[b, 2, t, cols] = 0.5 / len(cols)
+    log_p, q = grounding.terms(mllm, exact, ids, batch)
+    assert len(q) > 0 and torch.allclose(q.sum(-1), torch.ones(len(q)))
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(len(q)), atol=1e-5)
+    best = -(q * log_p).sum(-1).mean()
+    entropy = -(q * torch.log(q.clamp_min(1e-12))).sum(-1).mean()
+    log_u, q_u = grounding.terms(mllm, uniform, ids, batch)
+    assert torch.allclose(best, entropy, atol=1e-4) and -(q_u * log_u).sum(-1).mean() > best + 0.05
+    # In the model: the loss reaches the supervised layer's queries and keys, and nothing above it.
+    parts = pretext_losses(mllm, None, batch, grounding=grounding)
+    assert set(parts) == {"text", "ground"} and parts["ground"] > entropy
+    parts["ground"].backward()
+    layers = mllm.core.model.language_model.layers
+    assert layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0 and layers[0].self_attn.k_proj.weight.grad.abs().sum() > 0
+    assert layers[1].self_attn.q_proj.weight.grad is None or not layers[1].self_attn.q_proj.weight.grad.any()
+    # Through the script: it trains, reports the head's share of image attention on the named objects, and refuses a
+    # head the layer does not have.
+    args = SMALL + ["--steps", "2", "--eval-every", "2", "--ground-weight", "1", "--ground-head", "3",
+                    "--work-dir", str(tmp_path / "g"), "--out", str(tmp_path / "a")]
+    main(args)
+    manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    assert manifest["ground_weight"] == 1 and manifest["ground_layer"] == 1 and manifest["ground_head"] == 3
+    assert 0 < manifest["held_out"]["ground_share"] <= 1
+    with pytest.raises(SystemExit, match="--ground-head 4"):
+        main(SMALL + ["--steps", "2", "--ground-weight", "1", "--ground-head", "4", "--work-dir", str(tmp_path / "bad"),
+                      "--out", str(tmp_path / "b")])

@@ -24,6 +24,10 @@ language model's state after --relation-layer layers (below the last, where the 
 predicts which categories cover part of that object and which it covers (BCE, as the answers count a cover).
 With --hidden-weight, a fourth head on the image tokens says which category lies hidden in each patch (soft
 cross-entropy against the hidden parts' area shares), the one thing a patch does not show and a relation needs.
+With --ground-weight, one attention head of the language model (--ground-layer, --ground-head) is taught to look, from
+each object name, at that object's patches, hidden part included (cross-entropy between its attention over the image
+tokens and the object's amodal area shares): the binding step itself, so the layers above read the named object's
+neighbourhood instead of the whole scene.
 
 The result is an HF-format llava directory (fp16 `model.safetensors`, `config.json`, tokenizer, image processor) plus
 `manifest.json` (how it was made, held-out figures) that `MLLMConfig.pretrained_path` loads like any llava-hf model.
@@ -281,37 +285,80 @@ class RelationHead(nn.Module):
     def targets(self, mllm: MultiModalLLM, input_ids: torch.Tensor, samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(where, target): the positions (B, T) holding the name of an object in that sample's scene, and their
         (n, 2C) covered-by / covers targets."""
-        names = torch.tensor([mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES])
-        is_name = input_ids[..., None] == names  # (B, T, C)
-        category = is_name.float().argmax(-1)  # (B, T)
+        where, category = name_positions(mllm, input_ids, samples)
         rel = torch.from_numpy(np.stack([s[6] for s in samples]))  # (B, C, 1 + 2C)
         per_token = torch.gather(rel, 1, category[..., None].expand(-1, -1, rel.shape[-1]))  # (B, T, 1 + 2C)
-        where = is_name.any(-1) & (per_token[..., 0] > 0)
         return where, per_token[where][:, 1:]
 
 
-def language_layer(mllm: MultiModalLLM, layer: int) -> nn.Module:
-    """Decoder layer `layer` (1-based) of the language model, whose output the relation head reads."""
+def name_positions(mllm: MultiModalLLM, input_ids: torch.Tensor, samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(where, category): the positions (B, T) holding the name of an object in that sample's scene, and the
+    category index (0-based) named at every position."""
+    names = torch.tensor([mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES])
+    is_name = input_ids[..., None] == names  # (B, T, C)
+    category = is_name.float().argmax(-1)  # (B, T)
+    present = torch.from_numpy(np.stack([s[6][:, 0] for s in samples])) > 0  # (B, C)
+    return is_name.any(-1) & torch.gather(present, 1, category), category
+
+
+def language_layer(mllm: MultiModalLLM, layer: int, flag: str = "--relation-layer") -> nn.Module:
+    """Decoder layer `layer` (1-based) of the language model, whose output the relation head reads (or whose
+    attention the grounding loss supervises)."""
     layers = mllm.core.model.language_model.layers
     if not 1 <= layer <= len(layers):
-        raise SystemExit(f"--relation-layer {layer}: the language model has layers 1..{len(layers)}")
+        raise SystemExit(f"{flag} {layer}: the language model has layers 1..{len(layers)}")
     return layers[layer - 1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Grounding:
+    """The binding pretext: head `head` of decoder layer `layer` (1-based) attends, from each object name, to that
+    object's patches (amodal area shares, hidden part included)."""
+
+    layer: int
+    head: int
+
+    def check(self, mllm: MultiModalLLM) -> None:
+        language_layer(mllm, self.layer, "--ground-layer")
+        heads = mllm.core.config.text_config.num_attention_heads
+        if not 0 <= self.head < heads:
+            raise SystemExit(f"--ground-head {self.head}: the language model has heads 0..{heads - 1}")
+
+    def terms(self, mllm: MultiModalLLM, attention: torch.Tensor, input_ids: torch.Tensor,
+              samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(log p, q) at every object name with an amodal mask on the grid: the head's attention over the image tokens,
+        renormalised (n, N), and the object's amodal area shares, normalised (n, N)."""
+        where, category = name_positions(mllm, input_ids, samples)
+        image = input_ids == mllm.core.config.image_token_index  # (B, T), N per row
+        n_image = int(image[0].sum())
+        rows = attention[:, self.head]  # (B, T, T)
+        to_image = rows.masked_select(image[:, None, :]).view(rows.shape[0], rows.shape[1], n_image)  # (B, T, N)
+        amodal = torch.from_numpy(np.stack([s[5] for s in samples]))  # (B, N, C)
+        target = torch.gather(amodal.transpose(1, 2), 1, category[..., None].expand(-1, -1, n_image))  # (B, T, N)
+        where = where & (target.sum(-1) > 0)
+        p, q = to_image[where], target[where]
+        log_p = torch.log(p.clamp_min(1e-12)) - torch.log(p.sum(-1, keepdim=True).clamp_min(1e-12))
+        return log_p, q / q.sum(-1, keepdim=True)
+
+
 @contextlib.contextmanager
-def _keeping(mllm: MultiModalLLM, *, tokens: bool, layer: Optional[int]) -> Iterator[Dict[str, torch.Tensor]]:
+def _keeping(mllm: MultiModalLLM, *, tokens: bool, layer: Optional[int],
+             attention: Optional[int] = None) -> Iterator[Dict[str, torch.Tensor]]:
     """During the forward passes inside, keep the projected image tokens (what `image_tokens` computes, taken from the
-    pass itself instead of running the tower twice) as "tokens" and the residual stream after `layer` as "layer"."""
+    pass itself instead of running the tower twice) as "tokens", the residual stream after `layer` as "layer" and the
+    attention probabilities (B, heads, T, T) of decoder layer `attention` as "attention" (needs eager attention)."""
     kept: Dict[str, torch.Tensor] = {}
 
-    def keep(name: str):
-        return lambda module, args, out: kept.__setitem__(name, out[0] if isinstance(out, tuple) else out)
+    def keep(name: str, index: int = 0):
+        return lambda module, args, out: kept.__setitem__(name, out[index] if isinstance(out, tuple) else out)
 
     hooks = []
     if tokens:
         hooks.append(mllm.core.model.multi_modal_projector.register_forward_hook(keep("tokens")))
     if layer is not None:
         hooks.append(language_layer(mllm, layer).register_forward_hook(keep("layer")))
+    if attention is not None:
+        hooks.append(language_layer(mllm, attention).self_attn.register_forward_hook(keep("attention", 1)))
     try:
         yield kept
     finally:
@@ -332,13 +379,19 @@ def text_loss(mllm: MultiModalLLM, samples: Sequence[Sample]) -> torch.Tensor:
 
 
 def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Sequence[Sample],
-                   relation: Optional[RelationHead] = None) -> Dict[str, torch.Tensor]:
+                   relation: Optional[RelationHead] = None, grounding: Optional[Grounding] = None) -> Dict[str, torch.Tensor]:
     """text (next-token on the answers); with heads, patch_visible (soft CE) and patch_amodal (BCE); with relation,
-    relation (BCE at the object names)."""
+    relation (BCE at the object names); with grounding, ground (CE of the head's attention against the named object's
+    patches)."""
     images, questions, answers = zip(*[s[:3] for s in samples])
     inputs = mllm.encode(list(images), list(questions), list(answers))
-    with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None) as kept:
+    with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None,
+                  attention=grounding.layer if grounding is not None else None) as kept:
         losses = {"text": mllm(inputs).text_loss}
+    if grounding is not None:
+        log_p, q = grounding.terms(mllm, kept["attention"], inputs["input_ids"], samples)
+        if len(q):
+            losses["ground"] = -(q * log_p).sum(-1).mean()
     if relation is not None:
         where, target = relation.targets(mllm, inputs["input_ids"], samples)
         if bool(where.any()):
@@ -357,22 +410,29 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
 
 @torch.no_grad()
 def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
-             heads: Optional[PatchHeads] = None, relation: Optional[RelationHead] = None) -> Dict[str, float]:
+             heads: Optional[PatchHeads] = None, relation: Optional[RelationHead] = None,
+             grounding: Optional[Grounding] = None) -> Dict[str, float]:
     """Held-out text loss and token accuracy (teacher-forced), and on the first `generate` samples the share of
     greedy answers that name the right objects (the end-to-end evaluation's test) and have the right [SEG] count;
     with heads, the visible category read right on clear patches (and with a hidden head, the hidden category on
-    patches a hidden part mostly fills); with relation, the share of object names whose covered-by and covers sets it reads exactly right."""
+    patches a hidden part mostly fills); with relation, the share of object names whose covered-by and covers sets it
+    reads exactly right; with grounding, the mean share of the head's image attention on the named object's patches."""
     was_training = mllm.training
     mllm.eval()
     losses, correct, total = [], 0, 0
     patch_right = patch_total = hidden_right = hidden_total = relation_right = relation_total = 0
+    ground_share: List[float] = []
     for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
         images, questions, answers = zip(*[s[:3] for s in chunk])
         inputs = mllm.encode(list(images), list(questions), list(answers))
-        with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None) as kept:
+        with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None,
+                      attention=grounding.layer if grounding is not None else None) as kept:
             hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                                      attention_mask=inputs["attention_mask"])
+        if grounding is not None:
+            log_p, q = grounding.terms(mllm, kept["attention"], inputs["input_ids"], chunk)
+            ground_share.extend((log_p.exp() * (q > 0)).sum(-1).tolist())
         if relation is not None:
             where, target = relation.targets(mllm, inputs["input_ids"], chunk)
             guess = relation.linear(kept["layer"][where]) > 0
@@ -412,6 +472,8 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
             report["patch_hidden_accuracy"] = hidden_right / max(hidden_total, 1)
     if relation is not None:
         report["relation_exact"] = relation_right / max(relation_total, 1)
+    if grounding is not None:
+        report["ground_share"] = float(np.mean(ground_share)) if ground_share else 0.0
     return report
 
 
@@ -472,6 +534,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "read off the language model after --relation-layer layers (0: none)")
     parser.add_argument("--relation-layer", type=int, default=1,
                         help="language-model layer whose output the relation pretext reads (below the last)")
+    parser.add_argument("--ground-weight", type=float, default=0.0,
+                        help="weight of the binding pretext: one attention head looks, from each object name, at that "
+                             "object's patches (0: none)")
+    parser.add_argument("--ground-layer", type=int, default=1, help="language-model layer (1-based) of that head")
+    parser.add_argument("--ground-head", type=int, default=0, help="which head of --ground-layer")
     parser.add_argument("--init", type=Path, default=None,
                         help="warm start (weights only) from the state.pt of an earlier run with the same sizes, or fewer "
                              "language-model layers, or a coarser image grid (see --language-layers, --image-size)")
@@ -497,6 +564,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     relation = RelationHead(mllm.hidden_size, args.relation_layer) if args.relation_weight > 0 else None
     if relation is not None:
         language_layer(mllm, args.relation_layer)  # a bad --relation-layer fails here, not at step 1
+    grounding = Grounding(args.ground_layer, args.ground_head) if args.ground_weight > 0 else None
+    if grounding is not None:
+        grounding.check(mllm)
+        mllm.core.set_attn_implementation("eager")  # the supervised head's probabilities (sdpa does not return them)
     grid = config.vision_image_size // config.vision_patch_size
     params = [p for p in mllm.parameters() if p.requires_grad]
     params += [p for m in (heads, relation) if m is not None for p in m.parameters()]
@@ -560,7 +631,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
             "patch_weight": args.patch_weight, "hidden_weight": args.hidden_weight,
             "relation_weight": args.relation_weight,
-            "relation_layer": args.relation_layer if relation is not None else None, "init": str(args.init) if args.init else None,
+            "relation_layer": args.relation_layer if relation is not None else None,
+            "ground_weight": args.ground_weight,
+            **({"ground_layer": args.ground_layer, "ground_head": args.ground_head} if grounding is not None else {}),
+            "init": str(args.init) if args.init else None,
             "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
             "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
             "threads": args.threads, "dtype": "float16", "history": history,
@@ -575,9 +649,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lr = warmup_decay_lr(step, base_lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        parts = pretext_losses(mllm, heads, batch, relation)
+        parts = pretext_losses(mllm, heads, batch, relation, grounding)
         loss = (parts["text"] + args.patch_weight * sum(v for k, v in parts.items() if k.startswith("patch_"))
-                + args.hidden_weight * parts.get("hidden", 0.0) + args.relation_weight * parts.get("relation", 0.0))
+                + args.hidden_weight * parts.get("hidden", 0.0) + args.relation_weight * parts.get("relation", 0.0)
+                + args.ground_weight * parts.get("ground", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -588,7 +663,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         record: Dict[str, object] = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}, "lr": lr,
                                      "elapsed_s": elapsed_before + time.time() - t0}
         if step % args.eval_every == 0 or step == end:
-            metrics = evaluate(mllm, held_out, args.eval_generate, heads, relation)
+            metrics = evaluate(mllm, held_out, args.eval_generate, heads, relation, grounding)
             record.update(metrics)
             history.append({"step": step, **metrics})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
