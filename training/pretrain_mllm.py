@@ -142,9 +142,9 @@ def describe(scene: SyntheticScene, rng: np.random.Generator) -> Sample:
     return scene.image, question, " ".join(answer.split()), phrases
 
 
-def scene_samples(seed: int, index: int, size: int, describe_share: float, grid: int = 8) -> List[Sample]:
-    """The samples of pretext scene `index`: its QA pairs and (with probability describe_share) its description,
-    each with the scene's patch targets for a grid x grid token layout."""
+def pretext_scene(seed: int, index: int, size: int, describe_share: float, grid: int = 8) -> Tuple[SyntheticScene, List[Sample]]:
+    """Pretext scene `index` and its samples: its QA pairs (in `scene.qa`'s order) and (with probability
+    describe_share) its description, each with the scene's patch targets for a grid x grid token layout."""
     rng = np.random.default_rng([seed, PRETEXT_SEED_KEY, index])
     scene = generate_scene(rng, size)
     texts = [(scene.image, qa.question, qa.answer, list(qa.phrases)) for qa in scene.qa]
@@ -152,7 +152,12 @@ def scene_samples(seed: int, index: int, size: int, describe_share: float, grid:
         texts.append(describe(scene, rng))
     vis, amo = patch_targets(scene, grid)
     rel, hid = relation_targets(scene), hidden_targets(scene, grid)
-    return [(*text, vis, amo, rel, hid) for text in texts]
+    return scene, [(*text, vis, amo, rel, hid) for text in texts]
+
+
+def scene_samples(seed: int, index: int, size: int, describe_share: float, grid: int = 8) -> List[Sample]:
+    """The samples of pretext scene `index` (see pretext_scene)."""
+    return pretext_scene(seed, index, size, describe_share, grid)[1]
 
 
 class PretextText(IterableDataset):
