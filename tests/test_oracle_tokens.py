@@ -71,7 +71,9 @@ def test_script_trains_on_oracle_tokens_and_reports_by_kind(tmp_path):
     assert report["tokens"] == "oracle" and report["kinds_trained"] == ["in_front", "use"]
     assert scores["all"][1] == sum(n for kind, (_, n) in scores.items() if kind != "all") > 0
     assert all(0 <= pct <= 100 for pct, _ in scores.values())
-    oracle_tokens.main(common + ["--tokens", "tower", "--out", str(tmp_path / "tower.json")])
-    assert json.loads((tmp_path / "tower.json").read_text())["right_objects_named_by_kind"]["all"][1] == scores["all"][1]
+    assert report["language_layers"] == 2
+    oracle_tokens.main(common + ["--tokens", "tower", "--language-layers", "3", "--out", str(tmp_path / "tower.json")])
+    tower = json.loads((tmp_path / "tower.json").read_text())
+    assert tower["right_objects_named_by_kind"]["all"][1] == scores["all"][1] and tower["language_layers"] == 3
     with pytest.raises(SystemExit, match="unknown"):
         oracle_tokens.main(common + ["--kinds", "sideways", "--out", str(out)])

@@ -29,7 +29,8 @@ from aura_core.matching import objects_named
 from aura_core.model.mllm import MultiModalLLM
 from aura_core.model.tokenizer import seg_phrases
 from training.command import command_line
-from training.pretrain_mllm import NUM_CATEGORIES, PretextText, Sample, build_pretext_model, mllm_config, pretext_scene, text_loss
+from training.pretrain_mllm import (NUM_CATEGORIES, PretextText, Sample, build_pretext_model, load_growing_depth, mllm_config,
+                                    pretext_scene, text_loss)
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.oracle_tokens")
@@ -101,6 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--kinds", default="", help="train on these question kinds only (comma-separated QA_KINDS)")
     parser.add_argument("--image-size", type=int, default=128, help="the state's CLIP input side")
     parser.add_argument("--vision-layers", type=int, default=3, help="the state's CLIP layers")
+    parser.add_argument("--language-layers", type=int, default=None,
+                        help="more language-model layers than the state has (appended as identity, as pretrain_mllm.py grows it)")
     parser.add_argument("--scene-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -119,8 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"--kinds: unknown {unknown}; the kinds are {sorted(QA_KINDS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers))
-    mllm.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers, args.language_layers))
+    load_growing_depth(mllm, torch.load(args.init, map_location="cpu", weights_only=False)["model"])
     grid = args.image_size // mllm.core.config.vision_config.patch_size
     oracle = OracleTokens(mllm.hidden_size) if args.tokens == "oracle" else None
     if oracle is not None:  # the language model and the map train; the tower's output is not read
@@ -150,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             losses.append(loss.item())
         mllm.eval()
         scores = answers_by_kind(mllm, oracle, features, 1, args.eval_scenes, args.scene_size, grid)
-    report = {"init": str(args.init), "tokens": args.tokens, "kinds_trained": kinds or "all (pretext stream)",
+    report = {"init": str(args.init), "tokens": args.tokens, "language_layers": mllm.core.config.text_config.num_hidden_layers, "kinds_trained": kinds or "all (pretext stream)",
               "steps": args.steps, "lr": args.lr, "train_text_loss_last_100": float(np.mean(losses[-100:])),
               "held_out_scenes": args.eval_scenes, "right_objects_named_by_kind": scores,
               "seconds": round(time.time() - t0, 1), "command": command_line("training/oracle_tokens.py", argv)}
