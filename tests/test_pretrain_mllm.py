@@ -300,9 +300,11 @@ def test_relation_head_reads_each_name_after_its_layer(tmp_path):
 def test_grounding_teaches_one_head_to_look_from_each_name_at_its_object(tmp_path):
     torch.manual_seed(0)
     mllm = build_pretext_model(mllm_config("tiny", 32, None))
-    mllm.core.set_attn_implementation("eager")
     grounding = Grounding(layer=1, head=2)
     batch = PretextText(seed=0, size=64, batch_size=3, describe_share=1.0, grid=2).batch(0)
+    with pytest.raises(ValueError, match="eager"):  # sdpa, the default, returns no attention probabilities
+        pretext_losses(mllm, None, batch, grounding=grounding)
+    mllm.core.set_attn_implementation("eager")
     inputs = mllm.encode([s[0] for s in batch], [s[1] for s in batch], [s[2] for s in batch])
     ids = inputs["input_ids"]
     image = ids == mllm.core.config.image_token_index

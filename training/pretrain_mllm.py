@@ -333,6 +333,9 @@ class Grounding:
               samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(log p, q) at every object name with an amodal mask on the grid: the head's attention over the image tokens,
         renormalised (n, N), and the object's amodal area shares, normalised (n, N)."""
+        if attention is None:
+            raise ValueError("grounding reads attention probabilities: call mllm.core.set_attn_implementation('eager') "
+                             "first (sdpa does not return them)")
         where, category = name_positions(mllm, input_ids, samples)
         image = input_ids == mllm.core.config.image_token_index  # (B, T), N per row
         n_image = int(image[0].sum())
