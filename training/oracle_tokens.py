@@ -35,7 +35,9 @@ from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.oracle_tokens")
 ORACLE_FEATURES = (1 + NUM_CATEGORIES) + NUM_CATEGORIES + (1 + NUM_CATEGORIES)  # visible, amodal, hidden shares
-TRAIN_START = 40000  # batches of the pretext stream (or scenes x 22.5 with --kinds) no shipped stage has reached
+# Where training starts in the pretext streams, past every pretrain_mllm.py stage so far (up to batch 28000, scene
+# 448000): batch 40000 of the stream, or scene 900000 for the --kinds stream.
+TRAIN_START = 40000
 KINDS_START = 900000
 
 
