@@ -174,7 +174,7 @@ def answers_only(mllm, dataset: AmodalReasonSegDataset, indices: Sequence[int], 
         qa = dataset.data.qa[i]
         answer = mllm.generate(dataset._image(qa.image_id), qa.question, max_new_tokens=max_new_tokens).answer
         predicted, gt = seg_phrases(answer), _gt_phrases(dataset, qa)
-        right = len(predicted) == len(gt) and objects_named(predicted, gt)
+        right = objects_named(predicted, gt)  # a multiset: the right count too
         named += right
         seg_count += len(predicted) == len(gt)
         segs, objects = segs + len(predicted), objects + len(gt)

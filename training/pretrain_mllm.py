@@ -374,6 +374,14 @@ def _keeping(mllm: MultiModalLLM, *, tokens: bool, layer: Optional[int],
             hook.remove()
 
 
+def _keeping_for(mllm: MultiModalLLM, heads: Optional[PatchHeads], relation: Optional[RelationHead],
+                 grounding: Optional[Grounding]):
+    """`_keeping` what the given pretext heads read: the image tokens, the relation layer's output, the grounded
+    layer's attention."""
+    return _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None,
+                    attention=grounding.layer if grounding is not None else None)
+
+
 def image_tokens(mllm: MultiModalLLM, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N, hidden) projected image features, exactly those LLaVA puts in place of the <image> tokens."""
     out = mllm.core.model.get_image_features(pixel_values=pixel_values)
@@ -393,8 +401,7 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
     patches)."""
     images, questions, answers = zip(*[s[:3] for s in samples])
     inputs = mllm.encode(list(images), list(questions), list(answers))
-    with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None,
-                  attention=grounding.layer if grounding is not None else None) as kept:
+    with _keeping_for(mllm, heads, relation, grounding) as kept:
         losses = {"text": mllm(inputs).text_loss}
     if grounding is not None:
         log_p, q = grounding.terms(mllm, kept["attention"], inputs["input_ids"], samples)
@@ -434,8 +441,7 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         chunk = samples[start : start + 16]
         images, questions, answers = zip(*[s[:3] for s in chunk])
         inputs = mllm.encode(list(images), list(questions), list(answers))
-        with _keeping(mllm, tokens=heads is not None, layer=relation.layer if relation is not None else None,
-                      attention=grounding.layer if grounding is not None else None) as kept:
+        with _keeping_for(mllm, heads, relation, grounding) as kept:
             hidden, _ = mllm._hidden(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                                      attention_mask=inputs["attention_mask"])
         if grounding is not None:
@@ -470,7 +476,7 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         answer = mllm.generate(image, question, max_new_tokens=64).answer
         predicted = seg_phrases(answer)
         seg_count += len(predicted) == len(phrases)
-        named += len(predicted) == len(phrases) and objects_named(predicted, phrases)
+        named += objects_named(predicted, phrases)  # a multiset: the right count too
     mllm.train(was_training)
     report = {"text_loss": sum(losses) / max(total, 1), "token_accuracy": correct / max(total, 1),
               "right_objects_named": named / max(generate, 1), "right_seg_count": seg_count / max(generate, 1)}
