@@ -195,6 +195,24 @@ def test_growing_the_language_model_deeper_starts_from_what_the_shallow_one_comp
     assert loaded.core.config.text_config.num_hidden_layers == 3
 
 
+def test_a_wider_language_model_keeps_head_size_and_mlp_ratio_and_aura_builds_on_it(tmp_path):
+    wide = mllm_config("tiny", 32, 3, language_width=64)
+    assert (wide.hidden_size, wide.num_heads, wide.intermediate_size) == (64, 2, 128)
+    with pytest.raises(SystemExit, match="multiple of the head size 32"):
+        mllm_config("tiny", 32, 3, language_width=48)
+    torch.manual_seed(0)
+    main(SMALL + ["--steps", "2", "--language-width", "64", "--device", "cpu", "--work-dir", str(tmp_path / "run"),
+                  "--out", str(tmp_path / "tiny_llava")])
+    manifest = json.loads((tmp_path / "tiny_llava" / MANIFEST).read_text())
+    assert manifest["language_width"] == 64 and manifest["device"] == "cpu"
+    model = build_aura_model(get_config("tiny", {"mllm": {"pretrained_path": "tiny_llava"}}), base_dir=tmp_path)
+    assert model.mllm.hidden_size == 64  # the sizes come from the directory, not the tiny config's 128
+    saved = json.loads((save_checkpoint(model, tmp_path / "full", include_pretrained_mllm=True) / "config.json")
+                       .read_text())["config"]["mllm"]
+    assert (saved["hidden_size"], saved["num_heads"], saved["intermediate_size"]) == (64, 2, 128)
+    assert load_checkpoint(tmp_path / "full").mllm.hidden_size == 64
+
+
 def test_aura_model_on_a_relative_llava_dir_saves_self_contained(tmp_path):
     torch.manual_seed(0)
     save_llava_dir(build_pretext_model(mllm_config("tiny", 32, 3)), tmp_path / "tiny_llava", {})

@@ -195,9 +195,9 @@ def _one_thread(_worker: int) -> None:
 
 
 def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[int],
-                language_layers: Optional[int] = None) -> MLLMConfig:
-    """The model's MLLM sizes (optionally another CLIP input size / depth, language-model depth), everything trained,
-    no LoRA."""
+                language_layers: Optional[int] = None, language_width: Optional[int] = None) -> MLLMConfig:
+    """The model's MLLM sizes (optionally another CLIP input size / depth, language-model depth or width), everything
+    trained, no LoRA. A width keeps the config's head size and MLP ratio."""
     config = get_config(model).mllm
     changes = {"lora_r": 0, "modules_to_save": (), "pretrained_path": None, "dtype": "float32"}
     if image_size:
@@ -206,6 +206,12 @@ def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[i
         changes["vision_layers"] = vision_layers
     if language_layers:
         changes["num_layers"] = language_layers
+    if language_width:
+        head_size = config.hidden_size // config.num_heads
+        if language_width % head_size:
+            raise SystemExit(f"--language-width {language_width}: must be a multiple of the head size {head_size}")
+        changes.update(hidden_size=language_width, num_heads=language_width // head_size,
+                       intermediate_size=language_width * config.intermediate_size // config.hidden_size)
     return dataclasses.replace(config, **changes)
 
 
@@ -291,18 +297,23 @@ class RelationHead(nn.Module):
         """(where, target): the positions (B, T) holding the name of an object in that sample's scene, and their
         (n, 2C) covered-by / covers targets."""
         where, category = name_positions(mllm, input_ids, samples)
-        rel = torch.from_numpy(np.stack([s[6] for s in samples]))  # (B, C, 1 + 2C)
+        rel = _field(samples, 6, input_ids.device)  # (B, C, 1 + 2C)
         per_token = torch.gather(rel, 1, category[..., None].expand(-1, -1, rel.shape[-1]))  # (B, T, 1 + 2C)
         return where, per_token[where][:, 1:]
+
+
+def _field(samples: Sequence[Sample], index: int, device: torch.device) -> torch.Tensor:
+    """Field `index` of every sample, stacked into one tensor on `device`."""
+    return torch.from_numpy(np.stack([s[index] for s in samples])).to(device)
 
 
 def name_positions(mllm: MultiModalLLM, input_ids: torch.Tensor, samples: Sequence[Sample]) -> Tuple[torch.Tensor, torch.Tensor]:
     """(where, category): the positions (B, T) holding the name of an object in that sample's scene, and the
     category index (0-based) named at every position."""
-    names = torch.tensor([mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES])
+    names = torch.tensor([mllm.tokenizer.convert_tokens_to_ids(c.name) for c in CATEGORIES], device=input_ids.device)
     is_name = input_ids[..., None] == names  # (B, T, C)
     category = is_name.float().argmax(-1)  # (B, T)
-    present = torch.from_numpy(np.stack([s[6][:, 0] for s in samples])) > 0  # (B, C)
+    present = _field(samples, 6, input_ids.device)[..., 0] > 0  # (B, C)
     return is_name.any(-1) & torch.gather(present, 1, category), category
 
 
@@ -341,7 +352,7 @@ class Grounding:
         n_image = int(image[0].sum())
         rows = attention[:, self.head]  # (B, T, T)
         to_image = rows.masked_select(image[:, None, :]).view(rows.shape[0], rows.shape[1], n_image)  # (B, T, N)
-        amodal = torch.from_numpy(np.stack([s[5] for s in samples]))  # (B, N, C)
+        amodal = _field(samples, 5, input_ids.device)  # (B, N, C)
         target = torch.gather(amodal.transpose(1, 2), 1, category[..., None].expand(-1, -1, n_image))  # (B, T, N)
         where = where & (target.sum(-1) > 0)
         p, q = to_image[where], target[where]
@@ -413,12 +424,11 @@ def pretext_losses(mllm: MultiModalLLM, heads: Optional[PatchHeads], samples: Se
             losses["relation"] = F.binary_cross_entropy_with_logits(relation.linear(kept["layer"][where]), target)
     if heads is not None:
         tokens = kept["tokens"]
-        vis = torch.from_numpy(np.stack([s[4] for s in samples]))
-        amo = torch.from_numpy(np.stack([s[5] for s in samples]))
+        vis, amo = _field(samples, 4, mllm.device), _field(samples, 5, mllm.device)
         losses["patch_visible"] = -(vis * F.log_softmax(heads.visible(tokens), -1)).sum(-1).mean()
         losses["patch_amodal"] = F.binary_cross_entropy_with_logits(heads.amodal(tokens), amo)
         if heads.hidden is not None:
-            hid = torch.from_numpy(np.stack([s[7] for s in samples]))
+            hid = _field(samples, 7, mllm.device)
             losses["hidden"] = -(hid * F.log_softmax(heads.hidden(tokens), -1)).sum(-1).mean()
     return losses
 
@@ -459,14 +469,14 @@ def evaluate(mllm: MultiModalLLM, samples: Sequence[Sample], generate: int,
         correct += int((logits.argmax(-1) == targets[keep]).sum())
         total += int(keep.sum())
         if heads is not None:  # visible category of each patch where one class covers most of it
-            vis = torch.from_numpy(np.stack([s[4] for s in chunk]))
+            vis = _field(chunk, 4, mllm.device)
             clear = vis.max(-1).values >= 0.5
             tokens = kept["tokens"]
             guess = heads.visible(tokens).argmax(-1)
             patch_right += int((guess == vis.argmax(-1))[clear].sum())
             patch_total += int(clear.sum())
             if heads.hidden is not None:
-                hid = torch.from_numpy(np.stack([s[7] for s in chunk]))
+                hid = _field(chunk, 7, mllm.device)
                 behind = hid[..., 1:].max(-1).values >= 0.3
                 guess = heads.hidden(tokens)[..., 1:].argmax(-1)
                 hidden_right += int((guess == hid[..., 1:].argmax(-1))[behind].sum())
@@ -530,6 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--language-layers", type=int, default=None,
                         help="language-model layers (default: the config's); more than --init has grows it: the new "
                              "layers are appended as identity")
+    parser.add_argument("--language-width", type=int, default=None,
+                        help="language-model hidden size (default: the config's; same head size and MLP ratio); "
+                             "--init must have the same")
     parser.add_argument("--scene-size", type=int, default=256, help="side of the drawn scenes (the AURA data's)")
     parser.add_argument("--steps", type=int, default=6000, help="length of the lr schedule")
     parser.add_argument("--stop-at", type=int, default=None, help="leave after this step with a resumable state")
@@ -561,6 +574,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="skip this many batches of the scene stream (a warm-started stage then sees new scenes)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device to train on (e.g. cuda)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-scenes", type=int, default=40)
     parser.add_argument("--eval-generate", type=int, default=60, help="held-out questions answered greedily per eval")
@@ -570,7 +584,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = mllm_config(args.model, args.image_size, args.vision_layers, args.language_layers)
+    config = mllm_config(args.model, args.image_size, args.vision_layers, args.language_layers, args.language_width)
     mllm = build_pretext_model(config)
     if args.hidden_weight > 0 and args.patch_weight <= 0:
         raise SystemExit("--hidden-weight needs the patch heads: --patch-weight > 0")
@@ -582,6 +596,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if grounding is not None:
         grounding.check(mllm)
         mllm.core.set_attn_implementation("eager")  # the supervised head's probabilities (sdpa does not return them)
+    for module in (mllm, heads, relation):
+        if module is not None:
+            module.to(args.device)
     grid = config.vision_image_size // config.vision_patch_size
     params = [p for p in mllm.parameters() if p.requires_grad]
     params += [p for m in (heads, relation) if m is not None for p in m.parameters()]
@@ -640,7 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "per-patch visible-category and amodal-coverage losses on the image tokens and, with "
                     "relation_weight > 0, a what-covers-it loss at each object name; training/pretrain_mllm.py",
             "model": args.model, "image_size": config.vision_image_size, "vision_layers": config.vision_layers,
-            "language_layers": config.num_layers,
+            "language_layers": config.num_layers, "language_width": config.hidden_size,
             "steps_done": step, "steps_schedule": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup": args.warmup, "weight_decay": args.weight_decay, "describe_share": args.describe_share,
             "patch_weight": args.patch_weight, "hidden_weight": args.hidden_weight,
@@ -651,7 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "init": str(args.init) if args.init else None,
             "seed": args.seed, "scene_size": args.scene_size, "pretext_seed_key": PRETEXT_SEED_KEY,
             "held_out": metrics, "cpu_seconds_wall": round(elapsed_before + time.time() - t0, 1),
-            "threads": args.threads, "dtype": "float16", "history": history,
+            "threads": args.threads, "device": str(args.device), "dtype": "float16", "history": history,
             "command": command_line("training/pretrain_mllm.py", argv),
             "torch": torch.__version__, "python": platform.python_version(), "final": final,
         }
