@@ -205,6 +205,9 @@ def test_a_wider_language_model_keeps_head_size_and_mlp_ratio_and_aura_builds_on
                   "--out", str(tmp_path / "tiny_llava")])
     manifest = json.loads((tmp_path / "tiny_llava" / MANIFEST).read_text())
     assert manifest["language_width"] == 64 and manifest["device"] == "cpu"
+    with pytest.raises(SystemExit, match="64 wide, this run's 128"):
+        main(SMALL + ["--steps", "2", "--init", str(tmp_path / "run" / "state.pt"), "--work-dir", str(tmp_path / "b"),
+                      "--out", str(tmp_path / "b_llava")])
     model = build_aura_model(get_config("tiny", {"mllm": {"pretrained_path": "tiny_llava"}}), base_dir=tmp_path)
     assert model.mllm.hidden_size == 64  # the sizes come from the directory, not the tiny config's 128
     saved = json.loads((save_checkpoint(model, tmp_path / "full", include_pretrained_mllm=True) / "config.json")

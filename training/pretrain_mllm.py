@@ -623,6 +623,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOG.info("resumed at step %d from %s", start, state_file)
     elif args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=False)
+        init_width = (init.get("mllm_config") or {}).get("hidden_size", config.hidden_size)
+        if init_width != config.hidden_size:
+            raise SystemExit(f"--init {args.init}: its language model is {init_width} wide, this run's {config.hidden_size} "
+                             "(set --language-width to match)")
         regrid = fit_image_grid(mllm, init["model"])
         grown = load_growing_depth(mllm, init["model"])
         if heads is not None and init.get("heads"):
