@@ -61,7 +61,7 @@ def test_kind_batches_hold_only_the_asked_kinds_questions():
 
 def test_script_trains_on_oracle_tokens_and_reports_by_kind(tmp_path):
     pretrain_mllm.main(SMALL + ["--steps", "2", "--eval-scenes", "1", "--eval-generate", "1", "--workers", "0",
-                                "--work-dir", str(tmp_path / "p"), "--out", str(tmp_path / "llava")])
+                                "--language-width", "64", "--work-dir", str(tmp_path / "p"), "--out", str(tmp_path / "llava")])
     out = tmp_path / "oracle.json"
     common = ["--init", str(tmp_path / "p" / "state.pt"), "--image-size", "32", "--vision-layers", "2",
               "--scene-size", "64", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--eval-scenes", "2"]
@@ -71,7 +71,7 @@ def test_script_trains_on_oracle_tokens_and_reports_by_kind(tmp_path):
     assert report["tokens"] == "oracle" and report["kinds_trained"] == ["in_front", "use"]
     assert scores["all"][1] == sum(n for kind, (_, n) in scores.items() if kind != "all") > 0
     assert all(0 <= pct <= 100 for pct, _ in scores.values())
-    assert report["language_layers"] == 2
+    assert report["language_layers"] == 2 and report["language_width"] == 64  # the state's width, not the config's 128
     oracle_tokens.main(common + ["--tokens", "tower", "--language-layers", "3", "--out", str(tmp_path / "tower.json")])
     tower = json.loads((tmp_path / "tower.json").read_text())
     assert tower["right_objects_named_by_kind"]["all"][1] == scores["all"][1] and tower["language_layers"] == 3

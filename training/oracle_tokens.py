@@ -124,8 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"--kinds: unknown {unknown}; the kinds are {sorted(QA_KINDS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers, args.language_layers))
-    load_growing_depth(mllm, torch.load(args.init, map_location="cpu", weights_only=False)["model"])
+    state = torch.load(args.init, map_location="cpu", weights_only=False)
+    width = (state.get("mllm_config") or {}).get("hidden_size")  # the state's language-model width (stage 11: 256)
+    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers, args.language_layers, width))
+    load_growing_depth(mllm, state["model"])
     grid = args.image_size // mllm.core.config.vision_config.patch_size
     oracle = OracleTokens(mllm.hidden_size) if args.tokens == "oracle" else None
     if oracle is not None:  # the language model and the map train; the tower's output is not read
@@ -155,7 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             losses.append(loss.item())
         mllm.eval()
         scores = answers_by_kind(mllm, oracle, features, 1, args.eval_scenes, args.scene_size, grid)
-    report = {"init": str(args.init), "tokens": args.tokens, "language_layers": mllm.core.config.text_config.num_hidden_layers, "kinds_trained": kinds or "all (pretext stream)",
+    report = {"init": str(args.init), "tokens": args.tokens, "language_layers": mllm.core.config.text_config.num_hidden_layers,
+              "language_width": mllm.hidden_size, "kinds_trained": kinds or "all (pretext stream)",
               "steps": args.steps, "lr": args.lr, "train_text_loss_last_100": float(np.mean(losses[-100:])),
               "held_out_scenes": args.eval_scenes, "right_objects_named_by_kind": scores,
               "seconds": round(time.time() - t0, 1), "command": command_line("training/oracle_tokens.py", argv)}
