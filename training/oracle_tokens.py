@@ -30,7 +30,7 @@ from aura_core.model.mllm import MultiModalLLM
 from aura_core.model.tokenizer import seg_phrases
 from training.command import command_line
 from training.pretrain_mllm import (NUM_CATEGORIES, PretextText, Sample, build_pretext_model, load_growing_depth, mllm_config,
-                                    pretext_scene, text_loss)
+                                    pretext_scene, state_width, text_loss)
 from training.schedule import warmup_decay_lr
 
 LOG = logging.getLogger("aura.oracle_tokens")
@@ -125,8 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     state = torch.load(args.init, map_location="cpu", weights_only=False)
-    width = (state.get("mllm_config") or {}).get("hidden_size")  # the state's language-model width (stage 11: 256)
-    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers, args.language_layers, width))
+    mllm = build_pretext_model(mllm_config("tiny", args.image_size, args.vision_layers, args.language_layers,
+                                           state_width(state)))  # the state's width (stage 11: 256)
     load_growing_depth(mllm, state["model"])
     grid = args.image_size // mllm.core.config.vision_config.patch_size
     oracle = OracleTokens(mllm.hidden_size) if args.tokens == "oracle" else None

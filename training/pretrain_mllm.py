@@ -215,6 +215,11 @@ def mllm_config(model: str, image_size: Optional[int], vision_layers: Optional[i
     return dataclasses.replace(config, **changes)
 
 
+def state_width(state: Dict[str, object]) -> Optional[int]:
+    """The language-model width a state.pt of this script was made with (None where it does not say)."""
+    return (state.get("mllm_config") or {}).get("hidden_size")
+
+
 _LM_LAYER = re.compile(r"\.language_model\.layers\.(\d+)\.")
 
 
@@ -623,7 +628,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOG.info("resumed at step %d from %s", start, state_file)
     elif args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=False)
-        init_width = (init.get("mllm_config") or {}).get("hidden_size", config.hidden_size)
+        init_width = state_width(init) or config.hidden_size
         if init_width != config.hidden_size:
             raise SystemExit(f"--init {args.init}: its language model is {init_width} wide, this run's {config.hidden_size} "
                              "(set --language-width to match)")
