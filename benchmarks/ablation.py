@@ -6,11 +6,13 @@ Each run is `training.train.train` with the default tiny settings and only the t
 teacher-forced validation metrics are gathered into benchmarks/results/ablation.{md,json} as the mean over seeds
 with a 95 % t-interval, overall and for objects hidden >= 30 %, plus each variant's difference from the baseline
 paired by seed. A finished run leaves `ablation_row.json` in its folder and is not run again, so a long grid can be
-done in slices (`--max-runs`); the tables cover the runs finished so far.
+done in slices (`--max-runs`); the tables cover the runs finished so far. Each row records the pretrained parts it
+started from (tiny SAM, tiny LLaVA, by content hash): a row made from other parts is trained again, not mixed in.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -21,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from scipy import stats
 
-from training.config import TrainConfig, load_train_config
+from aura_core.model.build import resolve_mllm_path, resolve_sam_checkpoint
+from training.config import ASSETS_DIR, TrainConfig, load_train_config
 from training.train import train
 
 LOG = logging.getLogger("aura.ablation")
@@ -53,22 +56,51 @@ def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -
     return load_train_config(None, overrides)
 
 
+def _digest(path: Path) -> str:
+    """sha256 (first 16 hex) of a file, or of a directory's files by relative name and content."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pretrained_parts(config: TrainConfig) -> Dict[str, Optional[str]]:
+    """What a run starts from, by content: the tiny SAM checkpoint and the LLaVA directory (None: random init)."""
+    model = resolve_mllm_path(config.model_config(), ASSETS_DIR)
+    sam, llava = resolve_sam_checkpoint(model, ASSETS_DIR), model.mllm.pretrained_path
+    for label, path in (("vision.checkpoint", sam), ("mllm.pretrained_path", llava)):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"ablation: {label} {path} does not exist")
+    return {"sam": _digest(sam) if sam else None, "llava": _digest(Path(llava)) if llava else None}
+
+
 def run_one(base: Dict[str, Any], name: str, seed: int, runs_dir: Path) -> Dict[str, float]:
     """Train one variant with one seed; its teacher-forced validation scores and the time it took (kept on disk)."""
     t0 = time.time()
-    report = train(variant_config(base, name, seed, runs_dir))
+    config = variant_config(base, name, seed, runs_dir)
+    parts = pretrained_parts(config)
+    report = train(config)
     tf = report["teacher_forced"]
     row = {m: tf[m] for m in METRICS}
     row["occluded_amodal_giou"] = tf["occluded_0.3"]["amodal_giou"]
     row["occluded_gain"] = tf["occluded_0.3"]["gain"]
-    row.update({"seed": seed, "seconds": time.time() - t0})
+    row.update({"seed": seed, "seconds": time.time() - t0, "pretrained": parts})
     (runs_dir / run_slug(name, seed) / ROW_FILE).write_text(json.dumps(row) + "\n")
     return row
 
 
-def finished_row(runs_dir: Path, name: str, seed: int) -> Optional[Dict[str, float]]:
+def finished_row(runs_dir: Path, name: str, seed: int, parts: Dict[str, Optional[str]]) -> Optional[Dict[str, float]]:
+    """The run's row when it finished from the pretrained `parts`; None when it has not (or started from others)."""
     path = runs_dir / run_slug(name, seed) / ROW_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    if row.get("pretrained") != parts:
+        LOG.warning("%s: made from pretrained parts %s, now %s; it is trained again", path, row.get("pretrained"), parts)
+        return None
+    return row
 
 
 SUMMARY_METRICS = METRICS + ("occluded_amodal_giou", "occluded_gain")
@@ -151,8 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base["num_workers"] = 0  # pool processes are daemonic and cannot start DataLoader workers
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in args.variants}
     started = time.time()
+    parts = pretrained_parts(load_train_config(None, base))
     grid = [(base, name, seed, args.runs_dir) for seed in args.seeds for name in args.variants
-            if finished_row(args.runs_dir, name, seed) is None]
+            if finished_row(args.runs_dir, name, seed, parts) is None]
     if args.max_runs:
         grid = grid[: args.max_runs]
     LOG.info("%d run(s) to train now", len(grid))
@@ -164,16 +197,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_one(*job)
     for seed in args.seeds:
         for name in args.variants:
-            row = finished_row(args.runs_dir, name, seed)
+            row = finished_row(args.runs_dir, name, seed, parts)
             if row is not None:
                 results[name].append(row)
-                LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items()})
+                LOG.info("%s seed %d: %s", name, seed, {k: round(v, 4) for k, v in row.items() if k != "pretrained"})
     table = summarise(results)
     budget = (f"{args.iterations} iterations x batch {TrainConfig().batch_size} per run, seeds {args.seeds}, {args.jobs} parallel job(s), "
-              f"{args.eval_samples or 'all'} val QA pairs, {sum(len(r) for r in results.values())} runs finished "
-              f"(this invocation: {len(grid)} trained in {(time.time() - started) / 60:.0f} min)")
+              f"{args.eval_samples or 'all'} val QA pairs, pretrained tiny SAM {parts['sam']} / tiny LLaVA {parts['llava']} (sha256), "
+              f"{sum(len(r) for r in results.values())} runs finished (this invocation: {len(grid)} trained in "
+              f"{(time.time() - started) / 60:.0f} min)")
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps({"budget": budget, "runs": results, "summary": table}, indent=2) + "\n")
+    record = {"budget": budget, "pretrained": parts, "runs": results, "summary": table}
+    args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     markdown = to_markdown(table, budget)
     args.results.with_suffix(".md").write_text(markdown + "\n")
     print(markdown)

@@ -14,7 +14,7 @@ import yaml
 from aura_core.data.dataset import AmodalReasonSegDataset, collate
 from aura_core.model.build import build_aura_model
 from aura_core.model.config import ConfigError
-from training.config import TrainConfig, load_train_config, parse_set_overrides
+from training.config import TINY_PRETRAINED, TrainConfig, load_train_config, parse_set_overrides
 from training.data import DataDirError, check_data_dir
 from training.distributed import DistContext
 from training.evaluate import evaluate, format_table
@@ -24,7 +24,8 @@ from training.train import train, train_step
 from training.ship_default_model import ship
 from training.trainer_state import ResumeError
 from aura_core.pipeline import AuraPipeline
-from benchmarks.ablation import VARIANTS, summarise, to_markdown, variant_config
+from benchmarks.ablation import VARIANTS, finished_row, pretrained_parts, run_slug, summarise, to_markdown, variant_config
+from benchmarks.ablation import main as ablation_main
 from tests.train_fixtures import small_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,6 +314,30 @@ def test_two_process_ddp_run(small_data, tmp_path):
     assert [r["step"] for r in steps] == [1, 2] and all(r["world_size"] == 2 for r in steps)  # rank 0 logs once per step
     assert (out / "model/model.safetensors").is_file() and (out / "checkpoints/last/trainer_state.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["teacher_forced"]["count"] > 0
+
+
+def test_ablation_reuses_only_rows_made_from_the_same_pretrained_parts(tmp_path):
+    config = variant_config({"iterations": 5, "warmup_iterations": 1}, "AURA (both)", 0, tmp_path)
+    parts = pretrained_parts(config)
+    assert all(len(v) == 16 for v in parts.values())  # the shipped tiny SAM and tiny LLaVA, by content
+    sam_config = load_train_config(None, {"model_overrides": {**TINY_PRETRAINED, "vision": {"checkpoint": str(tmp_path / "sam.pth")}}})
+    with pytest.raises(FileNotFoundError, match="vision.checkpoint .*sam.pth does not exist"):
+        pretrained_parts(sam_config)
+    (tmp_path / "sam.pth").write_bytes(b"other weights")
+    assert pretrained_parts(sam_config)["sam"] != parts["sam"] and pretrained_parts(sam_config)["llava"] == parts["llava"]
+    row = {"amodal_giou": 0.6, "amodal_ciou": 0.7, "visible_giou": 0.65, "visible_ciou": 0.75, "occluded_amodal_giou": 0.5,
+           "occluded_gain": 0.1, "seconds": 1.0}
+    for seed in (0, 1):
+        for name in VARIANTS:
+            (tmp_path / run_slug(name, seed)).mkdir()
+            (tmp_path / run_slug(name, seed) / "ablation_row.json").write_text(json.dumps({**row, "seed": seed, "pretrained": parts}))
+    assert finished_row(tmp_path, "AURA (both)", 0, parts)["seed"] == 0
+    assert finished_row(tmp_path, "AURA (both)", 0, {**parts, "sam": "0" * 16}) is None  # other parts: trained again
+    # Every run finished from these parts: nothing is trained, the tables are written and name the parts.
+    assert ablation_main(["--seeds", "0", "1", "--runs-dir", str(tmp_path), "--results", str(tmp_path / "table")]) == 0
+    results = json.loads((tmp_path / "table.json").read_text())
+    assert results["pretrained"] == parts and "0 trained" in results["budget"] and parts["llava"] in results["budget"]
+    assert "| AURA (both) | 60.00 ± 0.00 (n=2) |" in (tmp_path / "table.md").read_text()
 
 
 def test_ablation_variants_and_table(tmp_path):
