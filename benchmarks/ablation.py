@@ -12,7 +12,6 @@ started from (tiny SAM, tiny LLaVA, by content hash): a row made from other part
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from scipy import stats
 
+from aura_core.export.manifest import combined_sha256, sha256_file
 from aura_core.model.build import resolve_mllm_path, resolve_sam_checkpoint
 from training.config import ASSETS_DIR, TrainConfig, load_train_config
 from training.train import train
@@ -57,13 +57,10 @@ def variant_config(base: Dict[str, Any], name: str, seed: int, out_root: Path) -
 
 
 def _digest(path: Path) -> str:
-    """sha256 (first 16 hex) of a file, or of a directory's files by relative name and content."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    """sha256 (first 16 hex) of a file, or of a directory's files (the export manifest's hashing)."""
+    if path.is_dir():
+        return combined_sha256({p.relative_to(path).as_posix(): sha256_file(p) for p in path.rglob("*") if p.is_file()})[:16]
+    return sha256_file(path)[:16]
 
 
 def pretrained_parts(config: TrainConfig) -> Dict[str, Optional[str]]:
